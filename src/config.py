@@ -1,0 +1,305 @@
+"""Load and validate the experiment configuration (``config/config.json``).
+
+Every key has a default here, so a config file only needs the keys it changes. Unknown keys,
+invalid values and missing paths raise ConfigError naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+METHODS = ("MMS", "ISM", "Single")
+DISTANCES = ("cosine", "euclidean")
+SOURCES = ("folders", "recordio")
+FACE_RULES = ("single", "largest", "center")
+DETECTORS = ("yunet", "retinaface")
+AUGMENTATIONS = ("flip", "rotate", "crop", "brightness")
+
+# Keys of one entry under "datasets". raw_dir is where images (or a RecordIO pair) live before
+# preparation; features default to <features_dir>/<dataset>, images to <data_dir>/<dataset>.
+DATASET_KEYS = {
+    "raw_dir": None,
+    "source": "folders",
+    "aligned": False,
+    "max_classes": None,
+    "features_dir": None,
+    "data_dir": None,
+    "preparation": {},
+}
+
+# Parameters of the synthetic ArcFace-like feature generator (src/synthetic.py documents them).
+SYNTHETIC_DEFAULTS = {
+    "dim": 512,
+    "n_train": 20,
+    "n_val": 5,
+    "n_test": 5,
+}
+
+# Image preparation and feature extraction; a dataset's "preparation" entry overrides these.
+PREPARATION_DEFAULTS = {
+    "n_train": 20,
+    "n_val": 5,
+    "n_test": 5,
+    "min_train_real": 5,
+    "augmentations": list(AUGMENTATIONS),
+    "detector": "yunet",
+    "detector_model": "../shared/models/face_detection_yunet_2023mar_int8bq.onnx",
+    "retinaface_weights": "~/.deepface/weights/retinaface.h5",
+    "face_rule": "single",
+    "min_face_score": 0.7,
+    "recognition_model": "models/arcfaceresnet100-8.onnx",
+    "input_mean": 0.0,
+    "input_std": 1.0,
+    "embedding_batch_size": 32,
+}
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value."""
+
+
+@dataclass
+class Config:
+    """One experiment's settings; see the README for each key."""
+
+    experiment_name: str = "default"
+    dataset_name: str = "synthetic"
+    method: str = "MMS"
+    n_classes: int = 1000
+    n_clusters: int = 10
+    distance_measure: str = "cosine"
+    epochs: int = 15
+    batch_size: int = 128
+    learning_rate: float = 0.01
+    arcface_margin: float = 0.5
+    arcface_scale: float = 64.0
+    seed: int = 0
+    n_runs: int = 1
+    overwrite: bool = False
+    features_dir: str = "features"
+    data_dir: str = "data"
+    results_dir: str = "results"
+    datasets: dict = field(default_factory=dict)
+    synthetic: dict = field(default_factory=lambda: dict(SYNTHETIC_DEFAULTS))
+    preparation: dict = field(default_factory=lambda: copy.deepcopy(PREPARATION_DEFAULTS))
+    # Folder that relative paths in the file are resolved against (the repository root).
+    base_dir: str = "."
+
+    # ----------------------------------------------------------------- derived values
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """Resolve a configured path: ``~`` expands, relative paths start at ``base_dir``."""
+        path = Path(os.path.expanduser(str(path)))
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+    @property
+    def dataset(self) -> dict:
+        """The selected dataset's entry, with defaults filled in."""
+        entry = dict(DATASET_KEYS)
+        entry.update(self.datasets.get(self.dataset_name, {}))
+        return entry
+
+    @property
+    def dataset_features_dir(self) -> Path:
+        """Folder holding ``<split>/<identity>.npz`` for the selected dataset."""
+        custom = self.dataset.get("features_dir")
+        return self.resolve(custom) if custom else self.resolve(self.features_dir) / self.dataset_name
+
+    @property
+    def dataset_data_dir(self) -> Path:
+        """Folder holding ``<split>/<identity>/`` images for the selected dataset."""
+        custom = self.dataset.get("data_dir")
+        return self.resolve(custom) if custom else self.resolve(self.data_dir) / self.dataset_name
+
+    @property
+    def dataset_preparation(self) -> dict:
+        """Preparation settings for the selected dataset: the defaults, then its overrides."""
+        settings = copy.deepcopy(self.preparation)
+        settings.update(self.dataset.get("preparation") or {})
+        return settings
+
+    @property
+    def effective_n_clusters(self) -> int:
+        """Number of submodels: 1 for Single, ``n_clusters`` otherwise."""
+        return 1 if self.method == "Single" else self.n_clusters
+
+    @property
+    def run_name(self) -> str:
+        """Folder name of this experiment's output, stable across reruns so training can resume."""
+        return (
+            f"{self.experiment_name}_{self.method.lower()}_{self.dataset_name}"
+            f"_n{self.n_classes}_k{self.effective_n_clusters}_{self.distance_measure}_seed{self.seed}"
+        )
+
+    def to_dict(self) -> dict:
+        """Return the settings as they would be written to a config file."""
+        data = asdict(self)
+        data.pop("base_dir")
+        return data
+
+
+# --------------------------------------------------------------------------- validation
+def _fail(key: str, value, allowed: str) -> None:
+    raise ConfigError(f"invalid config value {key}={value!r}: {allowed}")
+
+
+def _check_keys(section: dict, allowed: dict | set, where: str) -> None:
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {unknown} in {where}; allowed keys are {sorted(allowed)}"
+        )
+
+
+def _check_int(key: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(key, value, f"expected an integer >= {minimum}")
+
+
+def _check_float(key: str, value, minimum: float, inclusive: bool = True) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(key, value, "expected a number")
+    if value < minimum or (not inclusive and value == minimum):
+        _fail(key, value, f"expected a number {'>=' if inclusive else '>'} {minimum}")
+
+
+def validate(config: Config) -> Config:
+    """Check every value of ``config``; raise ConfigError on the first invalid one."""
+    if config.method not in METHODS:
+        _fail("method", config.method, f"expected one of {list(METHODS)}")
+    if config.distance_measure not in DISTANCES:
+        _fail("distance_measure", config.distance_measure, f"expected one of {list(DISTANCES)}")
+    if config.dataset_name != "synthetic" and config.dataset_name not in config.datasets:
+        _fail(
+            "dataset_name",
+            config.dataset_name,
+            f"expected 'synthetic' or a dataset defined under 'datasets': {sorted(config.datasets)}",
+        )
+    if not isinstance(config.experiment_name, str) or not config.experiment_name.replace("-", "").replace("_", "").isalnum():
+        _fail("experiment_name", config.experiment_name, "expected letters, digits, '-' and '_' only")
+
+    for key in ("n_classes", "epochs", "batch_size", "n_runs"):
+        _check_int(key, getattr(config, key), 1)
+    _check_int("n_clusters", config.n_clusters, 1)
+    _check_int("seed", config.seed, 0)
+    if config.n_clusters > config.n_classes:
+        _fail("n_clusters", config.n_clusters, f"expected at most n_classes={config.n_classes}")
+    _check_float("learning_rate", config.learning_rate, 0.0, inclusive=False)
+    _check_float("arcface_scale", config.arcface_scale, 0.0, inclusive=False)
+    _check_float("arcface_margin", config.arcface_margin, 0.0)
+    if config.arcface_margin >= 3.14159:
+        _fail("arcface_margin", config.arcface_margin, "expected an angle in radians below pi")
+    if not isinstance(config.overwrite, bool):
+        _fail("overwrite", config.overwrite, "expected true or false")
+
+    for name, entry in config.datasets.items():
+        if not isinstance(entry, dict):
+            _fail(f"datasets.{name}", entry, "expected an object")
+        _check_keys(entry, DATASET_KEYS, f"datasets.{name}")
+        if entry.get("source", "folders") not in SOURCES:
+            _fail(f"datasets.{name}.source", entry.get("source"), f"expected one of {list(SOURCES)}")
+        if entry.get("max_classes") is not None:
+            _check_int(f"datasets.{name}.max_classes", entry["max_classes"], 1)
+        _check_keys(entry.get("preparation") or {}, PREPARATION_DEFAULTS, f"datasets.{name}.preparation")
+
+    max_classes = config.dataset.get("max_classes")
+    if max_classes is not None and config.n_classes > max_classes:
+        _fail("n_classes", config.n_classes, f"dataset {config.dataset_name!r} has at most {max_classes} identities")
+
+    _check_keys(config.synthetic, SYNTHETIC_DEFAULTS, "synthetic")
+    for key in ("dim", "n_train", "n_val", "n_test"):
+        _check_int(f"synthetic.{key}", config.synthetic[key], 1)
+
+    _check_keys(config.preparation, PREPARATION_DEFAULTS, "preparation")
+    _validate_preparation(config.dataset_preparation, f"datasets.{config.dataset_name}.preparation")
+    return config
+
+
+def _validate_preparation(prep: dict, where: str) -> None:
+    for key in ("n_train", "n_val", "n_test", "min_train_real", "embedding_batch_size"):
+        _check_int(f"{where}.{key}", prep[key], 1)
+    if prep["min_train_real"] > prep["n_train"]:
+        _fail(f"{where}.min_train_real", prep["min_train_real"], f"expected at most n_train={prep['n_train']}")
+    bad = [name for name in prep["augmentations"] if name not in AUGMENTATIONS]
+    if bad:
+        _fail(f"{where}.augmentations", bad, f"expected names from {list(AUGMENTATIONS)}")
+    if prep["detector"] not in DETECTORS:
+        _fail(f"{where}.detector", prep["detector"], f"expected one of {list(DETECTORS)}")
+    if prep["face_rule"] not in FACE_RULES:
+        _fail(f"{where}.face_rule", prep["face_rule"], f"expected one of {list(FACE_RULES)}")
+    _check_float(f"{where}.input_std", prep["input_std"], 0.0, inclusive=False)
+    _check_float(f"{where}.min_face_score", prep["min_face_score"], 0.0)
+
+
+# --------------------------------------------------------------------------- loading
+def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> Config:
+    """Build and validate a Config from a parsed config file."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+    known = {f for f in Config.__dataclass_fields__ if f != "base_dir"}
+    _check_keys(data, known, "the config file")
+    values = copy.deepcopy(data)
+    for section, defaults in (("synthetic", SYNTHETIC_DEFAULTS), ("preparation", PREPARATION_DEFAULTS)):
+        merged = copy.deepcopy(defaults)
+        section_values = values.get(section, {})
+        if not isinstance(section_values, dict):
+            _fail(section, section_values, "expected an object")
+        merged.update(section_values)
+        values[section] = merged
+    return validate(Config(**values, base_dir=str(base_dir)))
+
+
+def load_config(path: str | os.PathLike = "config/config.json", overrides: dict | None = None) -> Config:
+    """Load a config file, apply ``overrides`` (key -> value) and validate the result.
+
+    Relative paths inside the file are resolved against the folder above ``config/`` when the
+    file lives in a ``config`` folder, and against the file's own folder otherwise.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; pass --config with the path of a JSON config")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    folder = path.resolve().parent
+    base_dir = folder.parent if folder.name == "config" else folder
+    return config_from_dict(data, base_dir=base_dir)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write ``config`` as JSON."""
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- command line
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per top-level scalar key (``--n-classes 500``)."""
+    parser.add_argument("--config", default="config/config.json", help="path of the JSON config file")
+    parser.add_argument("--experiment-name", help="name of the experiment and its output folder")
+    parser.add_argument("--dataset-name", help="dataset to use: 'synthetic' or a name under 'datasets'")
+    parser.add_argument("--n-classes", type=int, help="number of identities to use")
+    parser.add_argument("--n-clusters", type=int, help="number of submodels (ignored by Single)")
+    parser.add_argument("--distance-measure", choices=DISTANCES, help="distance for clustering and similarity")
+    parser.add_argument("--epochs", type=int, help="training epochs per submodel")
+    parser.add_argument("--batch-size", type=int, help="training batch size")
+    parser.add_argument("--learning-rate", type=float, help="optimizer learning rate")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--n-runs", type=int, help="repetitions with seeds seed, seed+1, ...")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="retrain finished submodels")
+
+
+def config_from_args(args: argparse.Namespace, **forced) -> Config:
+    """Load ``args.config`` with the flags given on the command line and ``forced`` values applied."""
+    keys = ("experiment_name", "dataset_name", "n_classes", "n_clusters", "distance_measure", "epochs",
+            "batch_size", "learning_rate", "seed", "n_runs", "overwrite")
+    overrides = {key: getattr(args, key, None) for key in keys}
+    overrides.update(forced)
+    return load_config(args.config, overrides)

@@ -1,0 +1,222 @@
+"""Data preparation, class distribution over submodels, and submodel training.
+
+The three public steps, in the order an experiment calls them:
+
+- ``prepare_data(config)`` loads the first ``n_classes`` identities into a ``PreparedData``;
+- ``cluster_data(data, config)`` splits the classes into ``n_clusters`` parts (MMS: k-means on
+  class centers; ISM: at random; Single: one part);
+- ``train_submodels(data, parts, config, run_dir)`` trains one cosine classifier per part.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, ConfigError
+from .feature_io import SPLITS, FeatureFileError, feature_path, list_identities, load_features
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class PreparedData:
+    """Features of ``n_classes`` identities, with integer labels indexing ``identities``."""
+
+    identities: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_centers: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.class_centers = compute_class_centers(self.x_train, self.y_train, self.n_classes)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.identities)
+
+    @property
+    def dim(self) -> int:
+        return self.x_train.shape[1]
+
+
+def compute_class_centers(features: np.ndarray, labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Return the mean feature of each class, shape (n_classes, dim)."""
+    sums = np.zeros((n_classes, features.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, features)
+    counts = np.bincount(labels, minlength=n_classes)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)[:5].tolist()
+        raise ValueError(f"classes {missing} have no training samples; every class needs at least one")
+    return (sums / counts[:, None]).astype(np.float32)
+
+
+def available_identities(config: Config) -> list[str]:
+    """Return the identities with a training feature file for the configured dataset, sorted."""
+    return list_identities(config.dataset_features_dir, "train")
+
+
+def prepare_data(config: Config) -> PreparedData:
+    """Load the first ``config.n_classes`` identities (sorted by name) of the configured dataset.
+
+    The synthetic dataset is generated on first use. Raises ConfigError when fewer identities
+    are on disk than requested, and FeatureFileError naming the file for any invalid feature file.
+    """
+    if config.dataset_name == "synthetic":
+        from .synthetic import ensure_synthetic
+
+        ensure_synthetic(config)
+
+    features_dir = config.dataset_features_dir
+    identities = available_identities(config)
+    if len(identities) < config.n_classes:
+        raise ConfigError(
+            f"invalid config value n_classes={config.n_classes}: only {len(identities)} identities have "
+            f"features in {features_dir / 'train'}; lower n_classes or extract more identities"
+        )
+    identities = identities[: config.n_classes]
+
+    started = time.perf_counter()
+    arrays = {split: ([], []) for split in SPLITS}
+    dim = None
+    for label, identity in enumerate(identities):
+        for split in SPLITS:
+            path = feature_path(features_dir, split, identity)
+            if not path.is_file():
+                raise FeatureFileError(f"{path}: missing; every identity needs train, val and test feature files")
+            features = load_features(path, dim=dim)
+            dim = features.shape[1]
+            arrays[split][0].append(features)
+            arrays[split][1].append(np.full(len(features), label, dtype=np.int32))
+
+    stacked = {split: (np.concatenate(xs), np.concatenate(ys)) for split, (xs, ys) in arrays.items()}
+    data = PreparedData(
+        identities=identities,
+        x_train=stacked["train"][0],
+        y_train=stacked["train"][1],
+        x_val=stacked["val"][0],
+        y_val=stacked["val"][1],
+        x_test=stacked["test"][0],
+        y_test=stacked["test"][1],
+    )
+    logger.info(
+        "loaded %d identities (%d train, %d val, %d test vectors, dim %d) from %s in %.1f s",
+        data.n_classes, len(data.y_train), len(data.y_val), len(data.y_test), data.dim, features_dir,
+        time.perf_counter() - started,
+    )
+    return data
+
+
+# --------------------------------------------------------------------------- distribution
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Return ``x`` with each row scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def cluster_data(data: PreparedData, config: Config, path: str | os.PathLike | None = None) -> list[np.ndarray]:
+    """Split the classes of ``data`` into parts, one per submodel, and save them as JSON.
+
+    MMS clusters the class centers with k-means (on L2-normalized centers for the cosine distance,
+    an approximation of spherical k-means; on raw centers for euclidean), ISM assigns classes to
+    parts at random with sizes differing by at most one, and Single puts all classes in one part.
+    Returns the sorted class indices of each part; no part is empty.
+    """
+    n_parts = config.effective_n_clusters
+    if n_parts > data.n_classes:
+        raise ConfigError(f"invalid config value n_clusters={n_parts}: expected at most n_classes={data.n_classes}")
+
+    if config.method == "Single" or n_parts == 1:
+        parts = [np.arange(data.n_classes)]
+    elif config.method == "ISM":
+        order = np.random.default_rng(config.seed).permutation(data.n_classes)
+        parts = [np.sort(chunk) for chunk in np.array_split(order, n_parts)]
+    else:
+        parts = _kmeans_parts(data.class_centers, n_parts, config.distance_measure, config.seed)
+
+    sizes = [len(part) for part in parts]
+    logger.info("%s distributed %d classes over %d parts (sizes %d to %d)",
+                config.method, data.n_classes, len(parts), min(sizes), max(sizes))
+    if path is not None:
+        save_parts(parts, data.identities, path)
+    return parts
+
+
+def _kmeans_parts(centers: np.ndarray, n_clusters: int, distance: str, seed: int) -> list[np.ndarray]:
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    points = l2_normalize(centers) if distance == "cosine" else centers
+    # Lloyd's k-means costs O(n_classes * n_clusters * dim) per iteration; past ~50k classes the
+    # mini-batch variant reaches a similar partition in a fraction of the time.
+    if len(points) > 50_000:
+        estimator = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=3, batch_size=4096)
+    else:
+        estimator = KMeans(n_clusters=n_clusters, random_state=seed, n_init=3)
+    labels = estimator.fit_predict(points)
+
+    # scikit-learn relocates empty clusters during fitting, but an assignment can still leave
+    # one empty on degenerate data (duplicate centers); move the farthest point of the largest
+    # part into each empty part so every submodel has at least one class.
+    counts = np.bincount(labels, minlength=n_clusters)
+    for empty in np.flatnonzero(counts == 0):
+        largest = int(np.argmax(counts))
+        members = np.flatnonzero(labels == largest)
+        distances = np.linalg.norm(points[members] - estimator.cluster_centers_[largest], axis=1)
+        moved = members[int(np.argmax(distances))]
+        labels[moved] = empty
+        counts[largest] -= 1
+        counts[empty] += 1
+    return [np.flatnonzero(labels == k) for k in range(n_clusters)]
+
+
+def save_parts(parts: list[np.ndarray], identities: list[str], path: str | os.PathLike) -> None:
+    """Write each part's class indices and identity names as JSON."""
+    record = [
+        {"part": k, "classes": part.tolist(), "identities": [identities[i] for i in part]}
+        for k, part in enumerate(parts)
+    ]
+    Path(path).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def load_parts(path: str | os.PathLike) -> list[np.ndarray]:
+    """Read the class indices of each part written by ``save_parts``."""
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [np.asarray(entry["classes"], dtype=np.int64) for entry in record]
+
+
+# --------------------------------------------------------------------------- training
+def submodel_path(run_dir: str | os.PathLike, part_index: int) -> Path:
+    """Return the file of submodel ``part_index`` inside a run folder."""
+    return Path(run_dir) / "submodels" / f"submodel_{part_index:03d}.keras"
+
+
+def train_submodels(data: PreparedData, parts: list[np.ndarray], config: Config, run_dir) -> list[Path]:
+    """Train one cosine classifier per part and save each as a ``.keras`` file.
+
+    A submodel whose file already exists is kept unless ``config.overwrite`` is set, so a run
+    interrupted during training resumes at the first unfinished submodel. Each file is written
+    under a temporary name and renamed, so an interruption never leaves a half-written model.
+    Returns the model paths in part order.
+    """
+    from .training import train_submodel
+
+    paths = []
+    for index, part in enumerate(parts):
+        path = submodel_path(run_dir, index)
+        paths.append(path)
+        if path.is_file() and not config.overwrite:
+            logger.info("submodel %d/%d exists, skipping: %s", index + 1, len(parts), path)
+            continue
+        train_submodel(data, part, config, path, index=index, n_parts=len(parts))
+    return paths
