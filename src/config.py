@@ -32,12 +32,54 @@ DATASET_KEYS = {
     "preparation": {},
 }
 
-# Parameters of the synthetic ArcFace-like feature generator (src/synthetic.py documents them).
+# Datasets known without a config entry; a config's "datasets" entry of the same name replaces
+# the keys it sets. max_classes is the number of identities the dataset provides.
+DEFAULT_DATASETS = {
+    "lfw": {
+        "raw_dir": "../shared/faces/lfw",
+        "max_classes": 5749,
+        "preparation": {
+            "recognition_model": "../shared/models/w600k_mbf.onnx",
+            "input_mean": 127.5,
+            "input_std": 127.5,
+            "face_rule": "center",
+        },
+    },
+    "vggface2": {"raw_dir": "raw/vggface2/train", "max_classes": 8900},
+    "ms1m": {"raw_dir": "raw/faces_emore", "source": "recordio", "aligned": True, "max_classes": 100000,
+             "preparation": {"augmentations": ["flip", "brightness"]}},
+    "glint360k": {"raw_dir": "raw/glint360k", "source": "recordio", "aligned": True, "max_classes": 360000,
+                  "preparation": {"augmentations": ["flip", "brightness"]}},
+}
+
+# Parameters of the synthetic ArcFace-like feature generator. docs/synthetic.md explains each one
+# and the calibration behind the defaults. "seed" is the dataset's seed, separate from the
+# experiment's "seed" so that runs with seeds seed, seed + 1, ... share one dataset.
 SYNTHETIC_DEFAULTS = {
+    "seed": 0,
     "dim": 512,
     "n_train": 20,
     "n_val": 5,
     "n_test": 5,
+    "spectrum_decay": 0.6,
+    "mean_weight": 0.11,
+    "n_supergroups": 16,
+    "supergroup_weight": 0.3,
+    "n_groups": 1024,
+    "group_weight": 0.35,
+    "duplicate_fraction": 0.01,
+    "duplicate_cosine": 0.7,
+    "angle_mean": 39.0,
+    "identity_angle_std": 3.0,
+    "sample_angle_std": 5.0,
+    "poor_fraction": 0.13,
+    "identity_poor_logit_std": 0.5,
+    "poor_cosine_min": 0.15,
+    "poor_cosine_max": 0.45,
+    "poor_group_drift": 0.45,
+    "nuisance_dim": 16,
+    "nuisance_weight": 0.4,
+    "poor_nuisance_weight": 0.8,
 }
 
 # Image preparation and feature extraction; a dataset's "preparation" entry overrides these.
@@ -49,13 +91,14 @@ PREPARATION_DEFAULTS = {
     "augmentations": list(AUGMENTATIONS),
     "detector": "yunet",
     "detector_model": "../shared/models/face_detection_yunet_2023mar_int8bq.onnx",
-    "retinaface_weights": "~/.deepface/weights/retinaface.h5",
+    "retinaface_weights": "~/.deepface/weights/retinaface.onnx",
     "face_rule": "single",
     "min_face_score": 0.7,
     "recognition_model": "models/arcfaceresnet100-8.onnx",
     "input_mean": 0.0,
     "input_std": 1.0,
     "embedding_batch_size": 32,
+    "onnx_threads": 0,
 }
 
 
@@ -84,7 +127,7 @@ class Config:
     features_dir: str = "features"
     data_dir: str = "data"
     results_dir: str = "results"
-    datasets: dict = field(default_factory=dict)
+    datasets: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_DATASETS))
     synthetic: dict = field(default_factory=lambda: dict(SYNTHETIC_DEFAULTS))
     preparation: dict = field(default_factory=lambda: copy.deepcopy(PREPARATION_DEFAULTS))
     # Folder that relative paths in the file are resolved against (the repository root).
@@ -211,8 +254,14 @@ def validate(config: Config) -> Config:
         _fail("n_classes", config.n_classes, f"dataset {config.dataset_name!r} has at most {max_classes} identities")
 
     _check_keys(config.synthetic, SYNTHETIC_DEFAULTS, "synthetic")
-    for key in ("dim", "n_train", "n_val", "n_test"):
-        _check_int(f"synthetic.{key}", config.synthetic[key], 1)
+    _check_int("synthetic.seed", config.synthetic["seed"], 0)
+    # Imported here because src.synthetic imports this module.
+    from .synthetic import SyntheticParams
+
+    try:
+        SyntheticParams.from_dict(config.synthetic)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
     _check_keys(config.preparation, PREPARATION_DEFAULTS, "preparation")
     _validate_preparation(config.dataset_preparation, f"datasets.{config.dataset_name}.preparation")
@@ -222,17 +271,28 @@ def validate(config: Config) -> Config:
 def _validate_preparation(prep: dict, where: str) -> None:
     for key in ("n_train", "n_val", "n_test", "min_train_real", "embedding_batch_size"):
         _check_int(f"{where}.{key}", prep[key], 1)
+    _check_int(f"{where}.onnx_threads", prep["onnx_threads"], 0)
     if prep["min_train_real"] > prep["n_train"]:
         _fail(f"{where}.min_train_real", prep["min_train_real"], f"expected at most n_train={prep['n_train']}")
+    if not isinstance(prep["augmentations"], list):
+        _fail(f"{where}.augmentations", prep["augmentations"], f"expected a list of names from {list(AUGMENTATIONS)}")
     bad = [name for name in prep["augmentations"] if name not in AUGMENTATIONS]
     if bad:
         _fail(f"{where}.augmentations", bad, f"expected names from {list(AUGMENTATIONS)}")
+    if len(set(prep["augmentations"])) != len(prep["augmentations"]):
+        _fail(f"{where}.augmentations", prep["augmentations"], "expected each name at most once")
+    for key in ("detector_model", "retinaface_weights", "recognition_model"):
+        if not isinstance(prep[key], str) or not prep[key]:
+            _fail(f"{where}.{key}", prep[key], "expected a file path")
+    _check_float(f"{where}.input_mean", prep["input_mean"], float("-inf"))
     if prep["detector"] not in DETECTORS:
         _fail(f"{where}.detector", prep["detector"], f"expected one of {list(DETECTORS)}")
     if prep["face_rule"] not in FACE_RULES:
         _fail(f"{where}.face_rule", prep["face_rule"], f"expected one of {list(FACE_RULES)}")
     _check_float(f"{where}.input_std", prep["input_std"], 0.0, inclusive=False)
     _check_float(f"{where}.min_face_score", prep["min_face_score"], 0.0)
+    if prep["min_face_score"] > 1.0:
+        _fail(f"{where}.min_face_score", prep["min_face_score"], "expected a detector score between 0 and 1")
 
 
 # --------------------------------------------------------------------------- loading
@@ -250,6 +310,15 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> Config:
             _fail(section, section_values, "expected an object")
         merged.update(section_values)
         values[section] = merged
+    datasets = values.get("datasets", {})
+    if not isinstance(datasets, dict):
+        _fail("datasets", datasets, "expected an object mapping dataset names to their settings")
+    merged_datasets = copy.deepcopy(DEFAULT_DATASETS)
+    for name, entry in datasets.items():
+        if not isinstance(entry, dict):
+            _fail(f"datasets.{name}", entry, "expected an object")
+        merged_datasets.setdefault(name, {}).update(entry)
+    values["datasets"] = merged_datasets
     return validate(Config(**values, base_dir=str(base_dir)))
 
 

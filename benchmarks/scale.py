@@ -1,0 +1,257 @@
+"""Compare Single, ISM and MMS with nearest class center as n_classes grows.
+
+Every configuration runs in its own process, so the peak resident set size it reports is its
+own. Each records training seconds, peak memory, prediction throughput over the test split,
+top-1 accuracy, macro F1 and achieved training GFLOP/s, next to the GFLOP/s of a plain float32
+matrix product measured in the same run. Results go to a Markdown file and a PNG plot.
+
+    python3 benchmarks/scale.py --write-doc docs/benchmarks.md        # the full grid
+    python3 benchmarks/scale.py --quick                               # 1,000 classes, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+# --------------------------------------------------------------------------- worker
+def training_flops(parts_sizes: list[int], samples_per_class: int, dim: int, epochs: int) -> float:
+    """Return the floating-point operations of training's matrix products (forward and backward).
+
+    Each sample costs one (dim x n_classes_k) product forward and two backward, 2 * dim *
+    n_classes_k operations each. Normalization, softmax and optimizer updates are not counted.
+    """
+    return float(epochs * sum(3 * 2 * dim * size * size * samples_per_class for size in parts_sizes))
+
+
+def run_worker(spec: dict) -> dict:
+    """Run one configuration in this process and return its measurements."""
+    from src.config import config_from_dict
+    from src.data_utility import prepare_data
+    from src.evaluation import evaluate
+    from src.experiment import peak_memory_mib, run_once
+    from src.post_process import CenterIndex, l2_normalize
+
+    method = spec["method"]
+    config = config_from_dict(
+        {
+            "experiment_name": "scale",
+            "dataset_name": "synthetic",
+            "method": "Single" if method == "NCC" else method,
+            "n_classes": spec["n_classes"],
+            "n_clusters": spec["n_clusters"],
+            "epochs": spec["epochs"],
+            "batch_size": spec["batch_size"],
+            "overwrite": True,
+            "results_dir": spec["results_dir"],
+        },
+        base_dir=REPO_ROOT,
+    )
+    started = time.perf_counter()
+    data = prepare_data(config)
+    load_seconds = time.perf_counter() - started
+
+    record = {**spec, "load_seconds": load_seconds}
+    if method == "NCC":
+        started = time.perf_counter()
+        index = CenterIndex(data.class_centers, config.distance_measure)
+        queries = l2_normalize(data.x_test)
+        block = max(1, (1 << 24) // data.n_classes)
+        predictions = np.concatenate([index.nearest(queries[i:i + block])[0] for i in range(0, len(queries), block)])
+        predict_seconds = time.perf_counter() - started
+        metrics = evaluate(data.y_test, predictions)
+        record.update(train_seconds=0.0, predict_seconds=predict_seconds, peak_memory_mib=peak_memory_mib(),
+                      top1_accuracy=metrics.top1_accuracy, macro_f1=metrics.macro_f1, train_gflops=None)
+    else:
+        result = run_once(config, data)
+        sizes = json.loads((result.run_dir / "metrics.json").read_text())["part_sizes"]
+        samples_per_class = len(data.y_train) // data.n_classes
+        flops = training_flops(sizes, samples_per_class, data.dim, config.epochs)
+        record.update(
+            train_seconds=result.train_seconds,
+            predict_seconds=result.predict_seconds,
+            peak_memory_mib=result.peak_memory_mib,
+            top1_accuracy=result.method.top1_accuracy,
+            macro_f1=result.method.macro_f1,
+            maxmax_top1_accuracy=result.maxmax.top1_accuracy,
+            train_gflops=flops / max(result.train_seconds, 1e-9) / 1e9,
+            largest_part=max(sizes),
+        )
+    record["queries_per_second"] = len(data.y_test) / max(record["predict_seconds"], 1e-9)
+    return record
+
+
+# --------------------------------------------------------------------------- driver
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """Return the float32 GFLOP/s of a square numpy matrix product on this machine."""
+    rng = np.random.default_rng(0)
+    a = rng.random((size, size), dtype=np.float32)
+    b = rng.random((size, size), dtype=np.float32)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def configurations(sizes, ks, epochs, batch_size, results_dir, single_max: int) -> list[dict]:
+    """Return the grid of runs: NCC, Single (up to single_max classes), ISM and MMS per K."""
+    grid = []
+    for n_classes in sizes:
+        common = {"n_classes": n_classes, "epochs": epochs, "batch_size": batch_size, "results_dir": results_dir}
+        grid.append({**common, "method": "NCC", "n_clusters": 1})
+        if n_classes <= single_max:
+            grid.append({**common, "method": "Single", "n_clusters": 1})
+        for k in ks:
+            if k < n_classes:
+                grid.append({**common, "method": "ISM", "n_clusters": k})
+                grid.append({**common, "method": "MMS", "n_clusters": k})
+    return grid
+
+
+def run_in_subprocess(spec: dict, timeout: float) -> dict:
+    """Run one configuration in a fresh Python process and parse its JSON result line."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    try:
+        completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode != 0 or not lines:
+        tail = completed.stderr.strip().splitlines()[-3:]
+        return {**spec, "error": f"exit code {completed.returncode}: {' | '.join(tail)}"}
+    return json.loads(lines[-1])
+
+
+def format_cell(value, digits: int) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"
+
+
+def write_report(records: list[dict], gflops: float, command: str, path: Path) -> None:
+    """Write the Markdown record: machine, versions, one table per scale."""
+    import sklearn
+    import tensorflow as tf
+
+    lines = [
+        "# Scale benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python "
+        f"{platform.python_version()}, numpy {np.__version__}, TensorFlow {tf.__version__}, scikit-learn "
+        f"{sklearn.__version__}. Float32 matrix product (numpy, 2048 x 2048): {gflops:.1f} GFLOP/s.",
+        "",
+        "Training GFLOP/s counts the matrix products of forward and backward passes only "
+        "(3 x 2 x dim x classes per sample and submodel). Prediction throughput is test queries per "
+        "second for the method's whole answer (every submodel, plus the similarity search for MMS).",
+        "",
+    ]
+    for n_classes in sorted({r["n_classes"] for r in records}):
+        lines += [
+            f"## {n_classes:,} identities",
+            "",
+            "| method | K | train (s) | peak memory (MiB) | queries/s | top-1 | macro F1 | max-max top-1 | train GFLOP/s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in records if r["n_classes"] == n_classes):
+            if "error" in r:
+                lines.append(f"| {r['method']} | {r['n_clusters']} | failed: {r['error']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {r['method']} | {r['n_clusters']} | {format_cell(r['train_seconds'], 1)} "
+                f"| {format_cell(r['peak_memory_mib'], 0)} | {format_cell(r['queries_per_second'], 0)} "
+                f"| {r['top1_accuracy']:.4f} | {r['macro_f1']:.4f} | {format_cell(r.get('maxmax_top1_accuracy'), 4)} "
+                f"| {format_cell(r.get('train_gflops'), 1)} |"
+            )
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Plot training time, peak memory and top-1 accuracy against n_classes per method and K."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    good = [r for r in records if "error" not in r]
+    series = sorted({(r["method"], r["n_clusters"]) for r in good})
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for method, k in series:
+        rows = sorted((r for r in good if r["method"] == method and r["n_clusters"] == k), key=lambda r: r["n_classes"])
+        label = method if method in ("NCC", "Single") else f"{method} K={k}"
+        x = [r["n_classes"] for r in rows]
+        if method != "NCC":
+            axes[0].plot(x, [r["train_seconds"] for r in rows], marker="o", label=label)
+        axes[1].plot(x, [r["peak_memory_mib"] for r in rows], marker="o", label=label)
+        axes[2].plot(x, [r["top1_accuracy"] for r in rows], marker="o", label=label)
+    for axis, title in zip(axes, ("training time (s)", "peak memory (MiB)", "top-1 accuracy")):
+        axis.set_xscale("log")
+        axis.set_xlabel("identities")
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", default="1000,10000,50000,100000", help="comma-separated n_classes values")
+    parser.add_argument("--ks", default="4,10,25", help="comma-separated numbers of submodels for ISM and MMS")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs, the same for every method")
+    parser.add_argument("--batch-size", type=int, default=512, help="training batch size")
+    parser.add_argument("--single-max", type=int, default=50000, help="largest n_classes at which Single runs")
+    parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds one configuration may take")
+    parser.add_argument("--quick", action="store_true", help="1,000 classes, K=4, 2 epochs: under a minute")
+    parser.add_argument("--results-dir", default="results/benchmarks", help="run folders of the benchmark")
+    parser.add_argument("--write-doc", type=Path, help="write the Markdown record here")
+    parser.add_argument("--plot", type=Path, help="write the PNG plot here")
+    parser.add_argument("--json", type=Path, help="write all records as JSON here")
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
+        return 0
+
+    if args.quick:
+        args.sizes, args.ks, args.epochs = "1000", "4", 2
+    sizes = [int(value) for value in args.sizes.split(",")]
+    ks = [int(value) for value in args.ks.split(",")]
+    gflops = matmul_gflops()
+    print(f"float32 matrix product: {gflops:.1f} GFLOP/s", flush=True)
+
+    records = []
+    for spec in configurations(sizes, ks, args.epochs, args.batch_size, args.results_dir, args.single_max):
+        record = run_in_subprocess(spec, args.timeout)
+        records.append(record)
+        print(json.dumps(record), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps({"matmul_gflops": gflops, "records": records}, indent=1), encoding="utf-8")
+
+    command = "python3 benchmarks/scale.py " + " ".join(sys.argv[1:])
+    if args.write_doc:
+        write_report(records, gflops, command, args.write_doc)
+    if args.plot:
+        plot(records, args.plot)
+    failed = [r for r in records if "error" in r]
+    return 1 if failed and args.quick else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
