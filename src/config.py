@@ -317,7 +317,11 @@ def config_from_dict(data: dict, base_dir: str | os.PathLike = ".") -> Config:
     for name, entry in datasets.items():
         if not isinstance(entry, dict):
             _fail(f"datasets.{name}", entry, "expected an object")
-        merged_datasets.setdefault(name, {}).update(entry)
+        target = merged_datasets.setdefault(name, {})
+        preparation = {**target.get("preparation", {}), **(entry.get("preparation") or {})}
+        target.update(entry)
+        if preparation:
+            target["preparation"] = preparation
     values["datasets"] = merged_datasets
     return validate(Config(**values, base_dir=str(base_dir)))
 

@@ -85,3 +85,11 @@ def test_missing_features_folder(tmp_path):
     )
     with pytest.raises(ConfigError, match="only 0 identities"):
         prepare_data(config)
+
+
+def test_dataset_entry_merges_preparation():
+    config = config_from_dict({"dataset_name": "lfw", "n_classes": 50, "datasets": {"lfw": {"preparation": {"face_rule": "single"}}}})
+    preparation = config.dataset_preparation
+    assert preparation["face_rule"] == "single"
+    assert preparation["recognition_model"].endswith("w600k_mbf.onnx")
+    assert preparation["input_mean"] == 127.5
