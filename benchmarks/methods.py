@@ -70,6 +70,7 @@ def main() -> int:
         generate_seconds = time.perf_counter() - started
 
     experiment = f"{config.experiment_name}-timing"
+    load_before = os.getloadavg()[0]
     rows = []
     for script, method in (("main_mms.py", "MMS"), ("main_ism.py", "ISM"), ("main_single.py", "Single")):
         seconds = run([python, script, "--config", args.config, "--experiment-name", experiment, "--overwrite"])
@@ -110,6 +111,9 @@ def main() -> int:
         lines += ["", "Every answer reaches the same top-1 accuracy here: at this number of identities the "
                   "features separate the classes so well that the test split cannot tell the methods apart."]
     lines += [
+        "",
+        f"1-minute load average before and after: {load_before:.2f} and {os.getloadavg()[0]:.2f} "
+        f"(these runs add about 2 on 2 cores; more means other processes competed for the CPU).",
         "",
         "Wall time includes Python and TensorFlow start-up and loading the feature files.",
         "",
