@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ SOURCES = ("folders", "recordio")
 FACE_RULES = ("single", "largest", "center")
 DETECTORS = ("yunet", "retinaface")
 AUGMENTATIONS = ("flip", "rotate", "crop", "brightness")
+FEATURE_STORES = ("packed", "files")
+FEATURE_DTYPES = ("float32", "float16")
 
 # Keys of one entry under "datasets". raw_dir is where images (or a RecordIO pair) live before
 # preparation; features default to <features_dir>/<dataset>, images to <data_dir>/<dataset>.
@@ -35,6 +38,7 @@ DATASET_KEYS = {
 # Datasets known without a config entry; a config's "datasets" entry of the same name replaces
 # the keys it sets. max_classes is the number of identities the dataset provides.
 DEFAULT_DATASETS = {
+    "synthetic": {"max_classes": 400000},
     "lfw": {
         "raw_dir": "../shared/faces/lfw",
         "max_classes": 5749,
@@ -102,6 +106,9 @@ PREPARATION_DEFAULTS = {
 }
 
 
+MAX_SEED = 2**32 - 1
+
+
 class ConfigError(ValueError):
     """An invalid configuration value."""
 
@@ -127,6 +134,9 @@ class Config:
     features_dir: str = "features"
     data_dir: str = "data"
     results_dir: str = "results"
+    feature_store: str = "packed"
+    feature_dtype: str = "float32"
+    jit_compile: str | bool = "auto"
     datasets: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_DATASETS))
     synthetic: dict = field(default_factory=lambda: dict(SYNTHETIC_DEFAULTS))
     preparation: dict = field(default_factory=lambda: copy.deepcopy(PREPARATION_DEFAULTS))
@@ -204,8 +214,8 @@ def _check_int(key: str, value, minimum: int) -> None:
 
 
 def _check_float(key: str, value, minimum: float, inclusive: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(key, value, "expected a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(key, value, "expected a finite number")
     if value < minimum or (not inclusive and value == minimum):
         _fail(key, value, f"expected a number {'>=' if inclusive else '>'} {minimum}")
 
@@ -216,6 +226,10 @@ def validate(config: Config) -> Config:
         _fail("method", config.method, f"expected one of {list(METHODS)}")
     if config.distance_measure not in DISTANCES:
         _fail("distance_measure", config.distance_measure, f"expected one of {list(DISTANCES)}")
+    for key in ("experiment_name", "dataset_name", "features_dir", "data_dir", "results_dir"):
+        value = getattr(config, key)
+        if not isinstance(value, str) or not value:
+            _fail(key, value, "expected a non-empty string")
     if config.dataset_name != "synthetic" and config.dataset_name not in config.datasets:
         _fail(
             "dataset_name",
@@ -229,7 +243,10 @@ def validate(config: Config) -> Config:
         _check_int(key, getattr(config, key), 1)
     _check_int("n_clusters", config.n_clusters, 1)
     _check_int("seed", config.seed, 0)
-    if config.n_clusters > config.n_classes:
+    if config.seed + config.n_runs - 1 > MAX_SEED:
+        _fail("seed", config.seed, f"expected seed + n_runs - 1 <= {MAX_SEED} (numpy and scikit-learn take 32-bit seeds)")
+    # Single trains one submodel whatever n_clusters says, so its value is not checked against n_classes.
+    if config.method != "Single" and config.n_clusters > config.n_classes:
         _fail("n_clusters", config.n_clusters, f"expected at most n_classes={config.n_classes}")
     _check_float("learning_rate", config.learning_rate, 0.0, inclusive=False)
     _check_float("arcface_scale", config.arcface_scale, 0.0, inclusive=False)
@@ -238,6 +255,12 @@ def validate(config: Config) -> Config:
         _fail("arcface_margin", config.arcface_margin, "expected an angle in radians below pi")
     if not isinstance(config.overwrite, bool):
         _fail("overwrite", config.overwrite, "expected true or false")
+    if config.feature_store not in FEATURE_STORES:
+        _fail("feature_store", config.feature_store, f"expected one of {list(FEATURE_STORES)}")
+    if config.feature_dtype not in FEATURE_DTYPES:
+        _fail("feature_dtype", config.feature_dtype, f"expected one of {list(FEATURE_DTYPES)}")
+    if not isinstance(config.jit_compile, bool) and config.jit_compile != "auto":
+        _fail("jit_compile", config.jit_compile, "expected \"auto\", true or false")
 
     for name, entry in config.datasets.items():
         if not isinstance(entry, dict):
@@ -339,6 +362,8 @@ def load_config(path: str | os.PathLike = "config/config.json", overrides: dict 
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
     for key, value in (overrides or {}).items():
         if value is not None:
             data[key] = value

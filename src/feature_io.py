@@ -44,8 +44,12 @@ def save_features(path: str | os.PathLike, features: np.ndarray, sources=None) -
     path.parent.mkdir(parents=True, exist_ok=True)
     # np.savez appends ".npz" to names lacking it, so the temporary name keeps that suffix.
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{FEATURE_SUFFIX}")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        # Reached with the temporary file still present only when writing failed or was interrupted.
+        tmp.unlink(missing_ok=True)
 
 
 def load_features(path: str | os.PathLike, dim: int | None = None, min_samples: int = 1) -> np.ndarray:
@@ -56,7 +60,10 @@ def load_features(path: str | os.PathLike, dim: int | None = None, min_samples: 
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise FeatureFileError(f"{path}: a plain .npy array, not an .npz archive; write it with save_features()")
+        with loaded as archive:
             if "features" not in archive.files:
                 raise FeatureFileError(
                     f"{path}: no 'features' array (found {archive.files}); write it with save_features()"
@@ -81,6 +88,12 @@ def load_features(path: str | os.PathLike, dim: int | None = None, min_samples: 
     if not np.isfinite(features).all():
         n_bad = int((~np.isfinite(features)).any(axis=1).sum())
         raise FeatureFileError(f"{path}: {n_bad} feature vectors contain NaN or infinite values")
+    norms = np.linalg.norm(features, axis=1)
+    if (norms < 1e-6).any():
+        raise FeatureFileError(
+            f"{path}: {int((norms < 1e-6).sum())} feature vectors are all zeros and have no direction; "
+            "extract them again or drop them"
+        )
     return features.astype(np.float32, copy=False)
 
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
@@ -378,11 +379,11 @@ def _identity_files(features_dir: Path) -> list[Path]:
     return files
 
 
-def _check_generator_file(features_dir: Path, record: dict, overwrite: bool) -> bool:
+def _check_generator_file(features_dir: Path, record: dict) -> bool:
     """Return True when generator.json matches ``record``, False when the folder contains no identities.
 
-    Raises GeneratorMismatchError for any other folder, unless ``overwrite`` is set: then the
-    folder's identity files and generator.json are deleted and False is returned.
+    Raises GeneratorMismatchError for any other folder. Nothing is deleted here, because the
+    config's ``overwrite`` key is about retraining submodels, not about discarding a dataset.
     """
     path = features_dir / GENERATOR_FILE
     if path.is_file():
@@ -399,17 +400,10 @@ def _check_generator_file(features_dir: Path, record: dict, overwrite: bool) -> 
         problem = f"{features_dir} contains identity files but no {GENERATOR_FILE}, so their generator is unknown"
     if not differences:
         return path.is_file()
-    if not overwrite:
-        raise GeneratorMismatchError(
-            f"{problem}; delete {features_dir} or set \"overwrite\": true to regenerate the synthetic features"
-        )
-
-    stale = _identity_files(features_dir)
-    logger.warning("%s; overwrite is set, deleting %d identity files", problem, len(stale))
-    for file in stale:
-        file.unlink()
-    path.unlink(missing_ok=True)
-    return False
+    raise GeneratorMismatchError(
+        f"{problem}; restore the synthetic settings the folder was written with, delete {features_dir} "
+        "to regenerate it, or give this dataset another features_dir"
+    )
 
 
 def _write_generator_file(features_dir: Path, record: dict) -> None:
@@ -441,8 +435,8 @@ def ensure_synthetic(config: Config) -> Path:
     The folder is ``config.dataset_features_dir``, containing ``<split>/id_XXXXXX.npz`` and
     generator.json (generator version, chunk size, seed, parameters). Only missing files are
     written, so an interrupted run resumes. Raises GeneratorMismatchError when the folder was
-    written with other parameters or another seed, unless ``config.overwrite`` is set: then its
-    identity files are deleted and regenerated.
+    written with other parameters or another seed, and ConfigError when the disk has too little
+    free space for the missing files.
     """
     if config.dataset_name != "synthetic":
         raise ValueError(f"ensure_synthetic needs dataset_name 'synthetic', got {config.dataset_name!r}")
@@ -458,7 +452,7 @@ def ensure_synthetic(config: Config) -> Path:
     record = _generator_record(params, seed)
 
     # generator.json is written before any identity, so an interrupted run is checked on resume.
-    if not _check_generator_file(features_dir, record, config.overwrite):
+    if not _check_generator_file(features_dir, record):
         _write_generator_file(features_dir, record)
     missing = _missing_files(features_dir, n_identities)
     if not missing:
@@ -466,11 +460,27 @@ def ensure_synthetic(config: Config) -> Path:
         return features_dir
 
     n_files = sum(len(splits) for splits in missing.values())
+    _check_free_space(features_dir, len(missing), params)
     logger.info("generating %d synthetic identities (%d files) in %s", len(missing), n_files, features_dir)
     started = time.perf_counter()
     _write_missing(params, seed, features_dir, missing)
     logger.info("wrote %d synthetic feature files in %.1f s", n_files, time.perf_counter() - started)
     return features_dir
+
+
+def _check_free_space(features_dir: Path, n_identities: int, params: SyntheticParams) -> None:
+    """Raise ConfigError when ``n_identities`` more identities would not fit on the disk."""
+    # float32 rows plus about 1 KiB of zip and npy headers per file, an estimate.
+    needed = n_identities * (params.n_samples * params.dim * 4 + len(SPLITS) * 1024)
+    free = shutil.disk_usage(features_dir).free
+    if needed > 1 << 30:
+        logger.info("the missing synthetic identities need about %.1f GiB; %.1f GiB are free", needed / 2**30, free / 2**30)
+    if needed > free:
+        raise ConfigError(
+            f"invalid config value n_classes: {n_identities} more synthetic identities need about "
+            f"{needed / 2**30:.1f} GiB in {features_dir}, but only {free / 2**30:.1f} GiB are free; "
+            "lower n_classes or free disk space"
+        )
 
 
 def _write_missing(params: SyntheticParams, seed: int, features_dir: Path, missing: dict[int, list[str]]) -> None:

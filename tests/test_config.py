@@ -47,6 +47,12 @@ def test_single_uses_one_submodel():
         ({"synthetic": {"dims": 3}}, ["unknown config key", "dims", "synthetic"]),
         ({"preparation": {"detector": "mtcnn"}}, ["detector='mtcnn'", "yunet", "retinaface"]),
         ({"datasets": {"mine": {"source": "tfrecord"}}}, ["datasets.mine.source='tfrecord'", "recordio"]),
+        ({"learning_rate": float("nan")}, ["learning_rate=nan", "finite"]),
+        ({"arcface_scale": float("inf")}, ["arcface_scale=inf", "finite"]),
+        ({"dataset_name": ["synthetic"]}, ["dataset_name=['synthetic']", "non-empty string"]),
+        ({"results_dir": None}, ["results_dir=None", "non-empty string"]),
+        ({"seed": 2**32}, ["seed=4294967296", "32-bit"]),
+        ({"n_classes": 500000}, ["n_classes=500000", "at most 400000"]),
     ],
 )
 def test_invalid_value_names_key_and_fix(values, words):
@@ -93,3 +99,15 @@ def test_dataset_entry_merges_preparation():
     assert preparation["face_rule"] == "single"
     assert preparation["recognition_model"].endswith("w600k_mbf.onnx")
     assert preparation["input_mean"] == 127.5
+
+
+def test_single_ignores_n_clusters():
+    config = config_from_dict({"method": "Single", "n_classes": 3, "n_clusters": 10})
+    assert config.effective_n_clusters == 1
+
+
+def test_top_level_list_rejected(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a JSON object, got list"):
+        load_config(path, {"n_classes": 5})

@@ -26,6 +26,7 @@ def test_round_trip_with_sources(tmp_path):
         (np.ones((0, 8), np.float32), "0 feature vectors"),
         (np.ones(8, np.float32), "must be 2-D"),
         (np.ones((2, 8), np.int64), "floating point"),
+        (np.zeros((2, 8), np.float32), "all zeros"),
     ],
 )
 def test_invalid_features_rejected(tmp_path, content, message):
@@ -79,3 +80,22 @@ def test_prepare_data_mixed_dimensions(tmp_path):
     save_features(tmp_path / "features" / "toy" / "train" / "id_0007.npz", np.ones((8, 32), np.float32))
     with pytest.raises(FeatureFileError, match="dimension is 32, expected 16"):
         prepare_data(config)
+
+
+def test_plain_npy_rejected(tmp_path):
+    path = tmp_path / "plain.npz"
+    with open(path, "wb") as handle:
+        np.save(handle, np.ones((2, 8), np.float32))
+    with pytest.raises(FeatureFileError, match="plain .npy array"):
+        load_features(path)
+
+
+def test_interrupted_write_leaves_no_temporary(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        open(args[0], "wb").close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_features(tmp_path / "train" / "a.npz", np.eye(2, 8))
+    assert list((tmp_path / "train").iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -182,17 +183,22 @@ def test_ensure_mismatched_generator_raises(tmp_path, changed):
     message = str(raised.value)
     assert next(iter(changed)) in message
     assert "delete" in message
-    assert "overwrite" in message
 
 
-def test_ensure_overwrite_regenerates(tmp_path):
+def test_ensure_overwrite_keeps_dataset(tmp_path):
     folder = ensure_synthetic(synthetic_config(tmp_path, n_classes=5))
-    ensure_synthetic(synthetic_config(tmp_path, n_classes=5, overwrite=True, seed=1))
-
-    expected = generate_identities(small_params(), 0, 5, seed=1)["train"]
+    with pytest.raises(GeneratorMismatchError):
+        ensure_synthetic(synthetic_config(tmp_path, n_classes=5, overwrite=True, seed=1))
+    expected = generate_identities(small_params(), 0, 5, seed=0)["train"]
     for index in range(5):
         np.testing.assert_array_equal(load_features(feature_path(folder, "train", identity_name(index))), expected[index])
-    assert json.loads((folder / GENERATOR_FILE).read_text())["seed"] == 1
+    assert json.loads((folder / GENERATOR_FILE).read_text())["seed"] == 0
+
+
+def test_ensure_rejects_too_large_request(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(ConfigError, match="GiB are free"):
+        ensure_synthetic(synthetic_config(tmp_path, n_classes=5))
 
 
 def test_ensure_unknown_files_raise(tmp_path):
