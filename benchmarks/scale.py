@@ -43,23 +43,24 @@ def run_worker(spec: dict) -> dict:
     from src.data_utility import prepare_data
     from src.evaluation import evaluate
     from src.experiment import peak_memory_mib, run_once
-    from src.post_process import CenterIndex, l2_normalize
+    from src.post_process import nearest_centers
 
     method = spec["method"]
-    config = config_from_dict(
-        {
-            "experiment_name": "scale",
-            "dataset_name": "synthetic",
-            "method": "Single" if method == "NCC" else method,
-            "n_classes": spec["n_classes"],
-            "n_clusters": spec["n_clusters"],
-            "epochs": spec["epochs"],
-            "batch_size": spec["batch_size"],
-            "overwrite": True,
-            "results_dir": spec["results_dir"],
-        },
-        base_dir=REPO_ROOT,
-    )
+    values = {
+        "experiment_name": "scale",
+        "dataset_name": "synthetic",
+        "method": "Single" if method == "NCC" else method,
+        "n_classes": spec["n_classes"],
+        "n_clusters": spec["n_clusters"],
+        "epochs": spec["epochs"],
+        "batch_size": spec["batch_size"],
+        "overwrite": True,
+        "results_dir": spec["results_dir"],
+    }
+    for key in ("features_dir", "feature_store", "feature_dtype", "jit_compile", "synthetic"):
+        if spec.get(key) is not None:
+            values[key] = spec[key]
+    config = config_from_dict(values, base_dir=REPO_ROOT)
     started = time.perf_counter()
     data = prepare_data(config)
     load_seconds = time.perf_counter() - started
@@ -67,10 +68,7 @@ def run_worker(spec: dict) -> dict:
     record = {**spec, "load_seconds": load_seconds}
     if method == "NCC":
         started = time.perf_counter()
-        index = CenterIndex(data.class_centers, config.distance_measure)
-        queries = l2_normalize(data.x_test)
-        block = max(1, (1 << 24) // data.n_classes)
-        predictions = np.concatenate([index.nearest(queries[i:i + block])[0] for i in range(0, len(queries), block)])
+        predictions = nearest_centers(data.class_centers, data.x_test, config.distance_measure)
         predict_seconds = time.perf_counter() - started
         metrics = evaluate(data.y_test, predictions)
         record.update(train_seconds=0.0, predict_seconds=predict_seconds, peak_memory_mib=peak_memory_mib(),
@@ -80,6 +78,8 @@ def run_worker(spec: dict) -> dict:
         sizes = json.loads((result.run_dir / "metrics.json").read_text())["part_sizes"]
         samples_per_class = len(data.y_train) // data.n_classes
         flops = training_flops(sizes, samples_per_class, data.dim, config.epochs)
+        submodels = [json.loads(path.read_text()) for path in sorted((result.run_dir / "submodels").glob("*.json"))]
+        rss_after = [s["rss_mib_after"] for s in submodels]
         record.update(
             train_seconds=result.train_seconds,
             predict_seconds=result.predict_seconds,
@@ -89,6 +89,10 @@ def run_worker(spec: dict) -> dict:
             maxmax_top1_accuracy=result.maxmax.top1_accuracy,
             train_gflops=flops / max(result.train_seconds, 1e-9) / 1e9,
             largest_part=max(sizes),
+            ncc_top1_accuracy=result.nearest_center.top1_accuracy,
+            xla_submodels=sum(bool(s["jit_compile"]) for s in submodels),
+            rss_after_first_submodel_mib=rss_after[0],
+            rss_after_last_submodel_mib=rss_after[-1],
         )
     record["queries_per_second"] = len(data.y_test) / max(record["predict_seconds"], 1e-9)
     return record
@@ -107,11 +111,20 @@ def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
-def configurations(sizes, ks, epochs, batch_size, results_dir, single_max: int) -> list[dict]:
-    """Return the grid of runs: NCC, Single (up to single_max classes), ISM and MMS per K."""
+METHODS = ("NCC", "Single", "ISM", "MMS")
+
+
+def configurations(sizes, ks, epochs, batch_size, results_dir, single_max: int,
+                   methods=METHODS, **settings) -> list[dict]:
+    """Return the grid of runs: NCC, Single (up to single_max classes), ISM and MMS per K.
+
+    ``methods`` keeps only the named methods; ``settings`` (config keys such as jit_compile or
+    feature_dtype) are passed to every run.
+    """
     grid = []
     for n_classes in sizes:
-        common = {"n_classes": n_classes, "epochs": epochs, "batch_size": batch_size, "results_dir": results_dir}
+        common = {"n_classes": n_classes, "epochs": epochs, "batch_size": batch_size, "results_dir": results_dir,
+                  **settings}
         grid.append({**common, "method": "NCC", "n_clusters": 1})
         if n_classes <= single_max:
             grid.append({**common, "method": "Single", "n_clusters": 1})
@@ -119,7 +132,7 @@ def configurations(sizes, ks, epochs, batch_size, results_dir, single_max: int) 
             if k < n_classes:
                 grid.append({**common, "method": "ISM", "n_clusters": k})
                 grid.append({**common, "method": "MMS", "n_clusters": k})
-    return grid
+    return [spec for spec in grid if spec["method"] in methods]
 
 
 def run_in_subprocess(spec: dict, timeout: float) -> dict:
@@ -163,18 +176,23 @@ def write_report(records: list[dict], gflops: float, command: str, path: Path) -
         lines += [
             f"## {n_classes:,} identities",
             "",
-            "| method | K | train (s) | peak memory (MiB) | queries/s | top-1 | macro F1 | max-max top-1 | train GFLOP/s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method | K | load (s) | train (s) | peak memory (MiB) | queries/s | top-1 | macro F1 "
+            "| max-max top-1 | train GFLOP/s | XLA submodels | RSS after 1st / last submodel (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in records if r["n_classes"] == n_classes):
             if "error" in r:
-                lines.append(f"| {r['method']} | {r['n_clusters']} | failed: {r['error']} | | | | | | |")
+                lines.append(f"| {r['method']} | {r['n_clusters']} | failed: {r['error']} | | | | | | | | | |")
                 continue
+            rss = ""
+            if r.get("rss_after_first_submodel_mib") is not None:
+                rss = f"{r['rss_after_first_submodel_mib']:,.0f} / {r['rss_after_last_submodel_mib']:,.0f}"
             lines.append(
-                f"| {r['method']} | {r['n_clusters']} | {format_cell(r['train_seconds'], 1)} "
+                f"| {r['method']} | {r['n_clusters']} | {format_cell(r.get('load_seconds'), 1)} "
+                f"| {format_cell(r['train_seconds'], 1)} "
                 f"| {format_cell(r['peak_memory_mib'], 0)} | {format_cell(r['queries_per_second'], 0)} "
                 f"| {r['top1_accuracy']:.4f} | {r['macro_f1']:.4f} | {format_cell(r.get('maxmax_top1_accuracy'), 4)} "
-                f"| {format_cell(r.get('train_gflops'), 1)} |"
+                f"| {format_cell(r.get('train_gflops'), 1)} | {r.get('xla_submodels', '')} | {rss} |"
             )
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -209,7 +227,7 @@ def plot(records: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="1000,10000,50000,100000", help="comma-separated n_classes values")
@@ -223,7 +241,18 @@ def main() -> int:
     parser.add_argument("--write-doc", type=Path, help="write the Markdown record here")
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
     parser.add_argument("--json", type=Path, help="write all records as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to run")
+    parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
+                        help="XLA for training: auto (large submodels only), true or false")
+    parser.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
+                        help="dtype of features in memory")
+    parser.add_argument("--feature-store", choices=("packed", "files"), default="packed",
+                        help="packed: memory-mapped store, one part read at a time; files: every .npz in memory")
+    parser.add_argument("--features-dir", help="feature folder (default: the config's, features/)")
+    parser.add_argument("--dim", type=int, help="feature dimension of the synthetic data (default 512)")
+    parser.add_argument("--merge-json", type=Path, nargs="*", default=[],
+                        help="earlier --json outputs whose records are added to the report and plot")
+    args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
@@ -236,15 +265,30 @@ def main() -> int:
     gflops = matmul_gflops()
     print(f"float32 matrix product: {gflops:.1f} GFLOP/s", flush=True)
 
+    methods = [value for value in args.methods.split(",") if value]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"invalid --methods {unknown}: expected names from {list(METHODS)}")
+    settings = {
+        "jit_compile": {"auto": "auto", "true": True, "false": False}[args.jit_compile],
+        "feature_dtype": args.feature_dtype,
+        "feature_store": args.feature_store,
+        "features_dir": args.features_dir,
+        "synthetic": {"dim": args.dim} if args.dim else None,
+    }
+    grid = configurations(sizes, ks, args.epochs, args.batch_size, args.results_dir, args.single_max, methods,
+                          **settings)
     records = []
-    for spec in configurations(sizes, ks, args.epochs, args.batch_size, args.results_dir, args.single_max):
+    for path in args.merge_json:
+        records += json.loads(path.read_text(encoding="utf-8"))["records"]
+    for spec in grid:
         record = run_in_subprocess(spec, args.timeout)
         records.append(record)
         print(json.dumps(record), flush=True)
         if args.json:
             args.json.write_text(json.dumps({"matmul_gflops": gflops, "records": records}, indent=1), encoding="utf-8")
 
-    command = "python3 benchmarks/scale.py " + " ".join(sys.argv[1:])
+    command = "python3 benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.write_doc:
         write_report(records, gflops, command, args.write_doc)
     if args.plot:

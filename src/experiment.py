@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -21,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, ConfigError, add_config_arguments, config_from_args, save_config
-from .data_utility import PreparedData, cluster_data, load_parts, prepare_data, submodel_path, train_submodels
+from .data_utility import PreparedData, cluster_data, prepare_data, submodel_path, train_submodels
 from .evaluation import Metrics, evaluate
 from .feature_io import FeatureFileError
-from .post_process import MMSCombiner, SubmodelBank, compute_scores, max_max, nearest_class_center
+from .run_folder import RunFolderError, check_resumable, load_saved_parts
+from .post_process import MMSCombiner, SubmodelBank, compute_scores, max_max, nearest_centers, nearest_class_center
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +103,14 @@ def run_once(config: Config, data: PreparedData) -> RunResult:
 def _run_in_folder(config: Config, data: PreparedData, run_dir: Path) -> RunResult:
     logger.info("run %s: %s on %s, %d classes, %d submodels, seed %d", run_dir, config.method,
                 config.dataset_name, config.n_classes, config.effective_n_clusters, config.seed)
+    check_resumable(run_dir, config)
     save_config(config, run_dir / "config.json")
 
     # Reuse the saved parts when resuming, so finished submodels keep matching their classes.
     parts_file = run_dir / "parts.json"
     resuming = parts_file.is_file() and not config.overwrite and submodel_path(run_dir, 0).is_file()
     if resuming:
-        parts = load_parts(parts_file)
+        parts = load_saved_parts(parts_file, data.n_classes)
         logger.info("resuming with the %d parts saved in %s", len(parts), parts_file)
     else:
         parts = cluster_data(data, config, parts_file)
@@ -124,17 +127,25 @@ def _run_in_folder(config: Config, data: PreparedData, run_dir: Path) -> RunResu
         logger.info("MMS thresholds: confidence %.4f, mixing factor %.4g (validation accuracy %.4f)",
                     combiner.confidence_threshold_, combiner.mixing_factor_, combiner.validation_accuracy_)
 
+    # Only MMS needs the class centers to answer; ISM and Single answer by max-max alone, so
+    # their timed prediction skips the center search and the nearest-center answers reported
+    # next to them are computed afterwards, outside the timing.
     started = time.perf_counter()
-    test_scores = compute_scores(bank, data.class_centers, data.x_test, config.distance_measure)
+    centers = data.class_centers if combiner else None
+    test_scores = compute_scores(bank, centers, data.x_test, config.distance_measure)
     predictions = combiner.predict(test_scores) if combiner else max_max(test_scores)
     predict_seconds = time.perf_counter() - started
+    if combiner:
+        center_predictions = nearest_class_center(test_scores)
+    else:
+        center_predictions = nearest_centers(data.class_centers, data.x_test, config.distance_measure)
 
     result = RunResult(
         config=config,
         run_dir=run_dir,
         method=evaluate(data.y_test, predictions),
         maxmax=evaluate(data.y_test, max_max(test_scores)),
-        nearest_center=evaluate(data.y_test, nearest_class_center(test_scores)),
+        nearest_center=evaluate(data.y_test, center_predictions),
         confidence_threshold=combiner.confidence_threshold_ if combiner else None,
         mixing_factor=combiner.mixing_factor_ if combiner else None,
         train_seconds=train_seconds,
@@ -146,14 +157,15 @@ def _run_in_folder(config: Config, data: PreparedData, run_dir: Path) -> RunResu
         "maxmax": result.maxmax.to_dict(),
         "nearest_center": result.nearest_center.to_dict(),
         "confidence_threshold": result.confidence_threshold,
-        "mixing_factor": result.mixing_factor,
+        # JSON has no infinity, so an "always take the similarity answer" factor is written as "inf".
+        "mixing_factor": "inf" if result.mixing_factor == math.inf else result.mixing_factor,
         "part_sizes": [len(part) for part in parts],
         "train_seconds": train_seconds,
         "predict_seconds": predict_seconds,
         "peak_memory_mib": result.peak_memory_mib,
         "n_test_queries": int(len(data.y_test)),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return result
 
 
@@ -217,6 +229,10 @@ def format_table(results: list[RunResult]) -> str:
 def setup_logging() -> None:
     """Log to stderr at the level named by MIXMAXSIM_LOG_LEVEL (default INFO)."""
     level = os.environ.get(LOG_LEVEL_VARIABLE, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        print(f"invalid {LOG_LEVEL_VARIABLE}={level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL; using INFO",
+              file=sys.stderr)
+        level = "INFO"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
@@ -234,9 +250,12 @@ def main(method: str | None = None, argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args, **forced)
         results = run_experiment(config)
-    except (ConfigError, FeatureFileError) as error:
+    except (ConfigError, FeatureFileError, RunFolderError) as error:
         logger.error("%s", error)
         return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; run the same command again to resume at the first unfinished submodel")
+        return 130
     print(format_table(results))
     return 0
 

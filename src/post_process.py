@@ -71,10 +71,11 @@ class QueryScores:
     part_top_classes: np.ndarray  # (n_queries, n_parts), global class indices
     maxmax_score: np.ndarray
     maxmax_class: np.ndarray
-    similarity: np.ndarray  # similarity to the nearest class center
-    similarity_class: np.ndarray
-    similarity_class_score: np.ndarray  # score of similarity_class in its own submodel
-    maxmax_class_similarity: np.ndarray  # similarity of the query to the max-max class's center
+    # The four center fields are None when compute_scores ran without class centers.
+    similarity: np.ndarray | None  # similarity to the nearest class center
+    similarity_class: np.ndarray | None
+    similarity_class_score: np.ndarray | None  # score of similarity_class in its own submodel
+    maxmax_class_similarity: np.ndarray | None  # similarity of the query to the max-max class's center
 
     def __len__(self) -> int:
         return len(self.maxmax_class)
@@ -90,6 +91,18 @@ def distance_to_unit(distance: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.maximum(distance, 0.0))
 
 
+class Top1:
+    """Top-1 row of a fixed (rows, dim) matrix for blocks of queries: argmax and max of ``queries @ matrix.T``."""
+
+    def __init__(self, matrix: np.ndarray):
+        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+
+    def __call__(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        products = queries @ self.matrix.T
+        best = np.argmax(products, axis=1)
+        return best, products[np.arange(len(best)), best]
+
+
 class CenterIndex:
     """Nearest class center search, cosine or euclidean, in bounded query blocks."""
 
@@ -100,13 +113,14 @@ class CenterIndex:
         centers = np.asarray(class_centers, dtype=np.float32)
         self.centers = l2_normalize(centers) if distance == "cosine" else centers
         self.squared_norms = np.einsum("ij,ij->i", self.centers, self.centers)
+        self._top1 = Top1(self.centers) if distance == "cosine" else None
 
     def nearest(self, queries: np.ndarray):
         """Return the nearest center's class and the similarity in [0, 1] for each query."""
-        products = queries @ self.centers.T
         if self.distance == "cosine":
-            best = np.argmax(products, axis=1)
-            return best, cosine_to_unit(products[np.arange(len(best)), best])
+            best, cosines = self._top1(queries)
+            return best, cosine_to_unit(cosines)
+        products = queries @ self.centers.T
         query_norms = np.einsum("ij,ij->i", queries, queries)
         squared = query_norms[:, None] + self.squared_norms[None, :] - 2.0 * products
         best = np.argmin(squared, axis=1)
@@ -120,44 +134,69 @@ class CenterIndex:
         return distance_to_unit(np.linalg.norm(queries - centers, axis=1))
 
 
-def compute_scores(bank: SubmodelBank, class_centers: np.ndarray, queries: np.ndarray,
+def compute_scores(bank: SubmodelBank, class_centers: np.ndarray | None, queries: np.ndarray,
                    distance: str = "cosine", block_size: int | None = None) -> QueryScores:
-    """Score every query against every submodel and every class center."""
-    queries = l2_normalize(np.asarray(queries, dtype=np.float32))
-    index = CenterIndex(class_centers, distance)
+    """Score every query against every submodel and, unless ``class_centers`` is None, every class center.
+
+    Queries are normalized and converted to float32 one block at a time, so ``queries`` may be a
+    float16 array or a memory map and only one block of scores is held at once. Without class
+    centers (max-max alone, as ISM and Single need) the four center fields of the result are None
+    and the cost halves when the centers are as many as the classes.
+    """
+    index = CenterIndex(class_centers, distance) if class_centers is not None else None
     n_queries, n_parts = len(queries), len(bank.parts)
     if block_size is None:
-        block_size = max(1, _BLOCK_ELEMENTS // max(bank.n_classes, 1))
+        columns = bank.n_classes + (len(index.centers) if index is not None else 0)
+        block_size = max(1, _BLOCK_ELEMENTS // max(columns, 1))
 
     part_scores = np.empty((n_queries, n_parts), dtype=np.float32)
     part_classes = np.empty((n_queries, n_parts), dtype=np.int64)
-    similarity = np.empty(n_queries, dtype=np.float32)
-    similarity_class = np.empty(n_queries, dtype=np.int64)
+    scorers = [Top1(w) for w in bank.weights]
+    if index is not None:
+        similarity = np.empty(n_queries, dtype=np.float32)
+        similarity_class = np.empty(n_queries, dtype=np.int64)
+        own_scores = np.empty(n_queries, dtype=np.float32)
+        maxmax_class_similarity = np.empty(n_queries, dtype=np.float32)
     for start in range(0, n_queries, block_size):
         block = slice(start, start + block_size)
-        x = queries[block]
-        for k, (w, part) in enumerate(zip(bank.weights, bank.parts)):
-            cosines = x @ w.T
-            best = np.argmax(cosines, axis=1)
-            part_scores[block, k] = cosines[np.arange(len(best)), best]
+        x = l2_normalize(np.asarray(queries[block], dtype=np.float32))
+        rows = np.arange(len(x))
+        for k, (scorer, part) in enumerate(zip(scorers, bank.parts)):
+            best, part_scores[block, k] = scorer(x)
             part_classes[block, k] = part[best]
+        if index is None:
+            continue
         similarity_class[block], similarity[block] = index.nearest(x)
+        own_scores[block] = np.einsum("ij,ij->i", x, bank.global_weights[similarity_class[block]])
+        block_winner = np.argmax(cosine_to_unit(part_scores[block]), axis=1)
+        maxmax_class_similarity[block] = index.similarity_to(x, part_classes[block][rows, block_winner])
 
     part_scores = cosine_to_unit(part_scores)
     winner = np.argmax(part_scores, axis=1)
     rows = np.arange(n_queries)
-    maxmax_class = part_classes[rows, winner]
-    own_scores = np.einsum("ij,ij->i", queries, bank.global_weights[similarity_class])
     return QueryScores(
         part_top_scores=part_scores,
         part_top_classes=part_classes,
         maxmax_score=part_scores[rows, winner],
-        maxmax_class=maxmax_class,
-        similarity=similarity,
-        similarity_class=similarity_class,
-        similarity_class_score=cosine_to_unit(own_scores),
-        maxmax_class_similarity=index.similarity_to(queries, maxmax_class),
+        maxmax_class=part_classes[rows, winner],
+        similarity=similarity if index is not None else None,
+        similarity_class=similarity_class if index is not None else None,
+        similarity_class_score=cosine_to_unit(own_scores) if index is not None else None,
+        maxmax_class_similarity=maxmax_class_similarity if index is not None else None,
     )
+
+
+def nearest_centers(class_centers: np.ndarray, queries: np.ndarray, distance: str = "cosine",
+                    block_size: int | None = None) -> np.ndarray:
+    """Return the class of the nearest class center for each query, in bounded query blocks."""
+    index = CenterIndex(class_centers, distance)
+    if block_size is None:
+        block_size = max(1, _BLOCK_ELEMENTS // max(len(index.centers), 1))
+    classes = np.empty(len(queries), dtype=np.int64)
+    for start in range(0, len(queries), block_size):
+        block = slice(start, start + block_size)
+        classes[block] = index.nearest(l2_normalize(np.asarray(queries[block], dtype=np.float32)))[0]
+    return classes
 
 
 def max_max(scores: QueryScores) -> np.ndarray:

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 # Settings that change what a submodel learns; a finished submodel is reused only when all match.
 TRAINING_KEYS = (
     "dataset_name", "method", "n_classes", "n_clusters", "distance_measure", "epochs", "batch_size",
-    "learning_rate", "arcface_margin", "arcface_scale", "seed", "synthetic",
+    "learning_rate", "arcface_margin", "arcface_scale", "seed", "synthetic", "feature_dtype",
 )
 
 

@@ -109,3 +109,30 @@ def test_main_runs_with_flags(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "ISM" in output
     assert "6 classes, 2 submodel(s)" in output
+
+
+def test_resume_rejects_changed_settings(tmp_path, caplog):
+    config = toy_config(tmp_path, method="ISM")
+    run_experiment(config)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**config.to_dict(), "epochs": 5}))
+    assert main(method="ISM", argv=["--config", str(path)]) == 2
+    assert "epochs: folder 2, now 5" in caplog.text
+
+
+def test_resume_retrains_submodel_without_record(tmp_path):
+    config = toy_config(tmp_path, method="ISM")
+    run_experiment(config)
+    record = tmp_path / "results" / config.run_name / "submodels" / "submodel_001.json"
+    record.unlink()
+    [result] = run_experiment(config)
+    assert record.is_file()
+    assert result.method.top1_accuracy > 0.8
+
+
+def test_metrics_json_is_strict(tmp_path):
+    [result] = run_experiment(toy_config(tmp_path, method="MMS"))
+    text = (result.run_dir / "metrics.json").read_text()
+    assert "Infinity" not in text
+    assert "NaN" not in text
+    json.loads(text)
