@@ -245,7 +245,7 @@ def validate(config: Config) -> Config:
     _check_int("seed", config.seed, 0)
     if config.seed + config.n_runs - 1 > MAX_SEED:
         _fail("seed", config.seed, f"expected seed + n_runs - 1 <= {MAX_SEED} (numpy and scikit-learn take 32-bit seeds)")
-    # Single trains one submodel whatever n_clusters says, so its value is not checked against n_classes.
+    # Single trains one submodel whatever n_clusters is set to, so its value is not checked against n_classes.
     if config.method != "Single" and config.n_clusters > config.n_classes:
         _fail("n_clusters", config.n_clusters, f"expected at most n_classes={config.n_classes}")
     _check_float("learning_rate", config.learning_rate, 0.0, inclusive=False)

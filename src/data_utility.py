@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, ConfigError
-from .feature_io import SPLITS, FeatureFileError, feature_path, list_identities, load_features
+from .feature_io import SPLITS, list_identities, load_identity_split
 from .feature_store import PackedSplit, ensure_packed, load_centers
 
 logger = logging.getLogger(__name__)
@@ -138,10 +138,7 @@ def _load_files(features_dir: Path, identities: list[str], dtype: str) -> Prepar
     dim = None
     for label, identity in enumerate(identities):
         for split in SPLITS:
-            path = feature_path(features_dir, split, identity)
-            if not path.is_file():
-                raise FeatureFileError(f"{path}: missing; every identity needs train, val and test feature files")
-            features = load_features(path, dim=dim)
+            features = load_identity_split(features_dir, split, identity, dim=dim)
             dim = features.shape[1]
             arrays[split][0].append(features)
             arrays[split][1].append(np.full(len(features), label, dtype=np.int32))

@@ -19,7 +19,7 @@ FEATURE_SUFFIX = ".npz"
 
 
 class FeatureFileError(ValueError):
-    """A feature file that is unreadable or holds invalid data."""
+    """A feature file that is unreadable or contains invalid data."""
 
 
 def feature_path(features_dir: str | os.PathLike, split: str, identity: str) -> Path:
@@ -52,10 +52,18 @@ def save_features(path: str | os.PathLike, features: np.ndarray, sources=None) -
         tmp.unlink(missing_ok=True)
 
 
+def load_identity_split(features_dir: str | os.PathLike, split: str, identity: str, dim: int | None = None) -> np.ndarray:
+    """Load one identity's features for ``split``; a missing file raises FeatureFileError."""
+    path = feature_path(features_dir, split, identity)
+    if not path.is_file():
+        raise FeatureFileError(f"{path}: missing; every identity needs train, val and test feature files")
+    return load_features(path, dim=dim)
+
+
 def load_features(path: str | os.PathLike, dim: int | None = None, min_samples: int = 1) -> np.ndarray:
     """Load and validate the ``features`` array of one file.
 
-    Raises FeatureFileError naming the file when it cannot be read, holds pickled objects, lacks
+    Raises FeatureFileError naming the file when it cannot be read, contains pickled objects, lacks
     the ``features`` array, has the wrong dimension, too few rows, or NaN or infinite values.
     """
     path = Path(path)
@@ -73,7 +81,7 @@ def load_features(path: str | os.PathLike, dim: int | None = None, min_samples: 
         raise
     except ValueError as error:
         # numpy raises ValueError for object arrays when allow_pickle is False.
-        raise FeatureFileError(f"{path}: rejected, it holds pickled objects ({error})") from error
+        raise FeatureFileError(f"{path}: rejected because it contains pickled objects ({error})") from error
     except (OSError, EOFError, zipfile.BadZipFile) as error:
         raise FeatureFileError(f"{path}: unreadable feature file ({error}); delete it and extract again") from error
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .feature_io import SPLITS, FeatureFileError, feature_path, load_features
+from .feature_io import SPLITS, FeatureFileError, load_identity_split
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,7 @@ def _append(features_dir: Path, folder: Path, index: dict, new_identities: list[
         new_offsets = {split: [] for split in SPLITS}
         for identity in new_identities:
             for split in SPLITS:
-                path = feature_path(features_dir, split, identity)
-                if not path.is_file():
-                    raise FeatureFileError(f"{path}: missing; every identity needs train, val and test feature files")
-                features = load_features(path, dim=dim)
+                features = load_identity_split(features_dir, split, identity, dim=dim)
                 dim = features.shape[1]
                 if split == "train":
                     centers.append(features.mean(axis=0, dtype=np.float64).astype(np.float32))

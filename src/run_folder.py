@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
+from .data_utility import load_parts
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class RunFolderError(ValueError):
 
 
 def check_resumable(run_dir: Path, config: Config) -> None:
-    """Raise RunFolderError when ``run_dir`` holds submodels trained with other settings.
+    """Raise RunFolderError when ``run_dir`` contains submodels trained with other settings.
 
     A folder without ``config.json`` is new and passes. With ``config.overwrite`` set, everything
     is retrained, so nothing is checked.
@@ -55,8 +56,7 @@ def load_saved_parts(path: Path, n_classes: int) -> list[np.ndarray]:
     path = Path(path)
     fix = "delete the run folder or rerun with --overwrite"
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        parts = [np.asarray(entry["classes"], dtype=np.int64) for entry in record]
+        parts = load_parts(path)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         raise RunFolderError(f"{path} is damaged ({error}); {fix}") from error
     assigned = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
