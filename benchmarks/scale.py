@@ -5,8 +5,14 @@ own. Each records training seconds, peak memory, prediction throughput over the 
 top-1 accuracy, macro F1 and achieved training GFLOP/s, next to the GFLOP/s of a plain float32
 matrix product measured in the same run. Results go to a Markdown file and a PNG plot.
 
-    python3 benchmarks/scale.py --write-doc docs/benchmarks.md        # the full grid
+    python3 benchmarks/scale.py --records docs/benchmarks.json \
+        --write-doc docs/benchmarks.md --plot docs/benchmarks.png     # the full grid, hours on 2 cores
     python3 benchmarks/scale.py --quick                               # 1,000 classes, < 1 min
+    python3 benchmarks/scale.py --records docs/benchmarks.json --report-only \
+        --write-doc docs/benchmarks.md --plot docs/benchmarks.png     # redraw the page from records
+
+Records of several invocations (other sizes, other K) accumulate in the --records file; the page
+shows every record with the command and matrix-product rate of its own invocation.
 """
 
 from __future__ import annotations
@@ -57,7 +63,8 @@ def run_worker(spec: dict) -> dict:
         "overwrite": True,
         "results_dir": spec["results_dir"],
     }
-    for key in ("features_dir", "feature_store", "feature_dtype", "jit_compile", "synthetic"):
+    for key in ("features_dir", "feature_store", "feature_dtype", "jit_compile", "synthetic", "max_val_queries",
+                "max_test_queries"):
         if spec.get(key) is not None:
             values[key] = spec[key]
     config = config_from_dict(values, base_dir=REPO_ROOT)
@@ -94,6 +101,7 @@ def run_worker(spec: dict) -> dict:
             rss_after_first_submodel_mib=rss_after[0],
             rss_after_last_submodel_mib=rss_after[-1],
         )
+    record["n_val_queries"], record["n_test_queries"] = len(data.y_val), len(data.y_test)
     record["queries_per_second"] = len(data.y_test) / max(record["predict_seconds"], 1e-9)
     return record
 
@@ -153,49 +161,195 @@ def format_cell(value, digits: int) -> str:
     return "" if value is None else f"{value:,.{digits}f}"
 
 
-def write_report(records: list[dict], gflops: float, command: str, path: Path) -> None:
-    """Write the Markdown record: machine, versions, one table per scale."""
-    import sklearn
-    import tensorflow as tf
+def machine_description() -> str:
+    """Return the CPU count and library versions of this machine, as recorded with each run."""
+    from importlib.metadata import version
 
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python "
+            f"{platform.python_version()}, numpy {np.__version__}, TensorFlow {version('tensorflow')}, "
+            f"scikit-learn {version('scikit-learn')}")
+
+
+# Records with equal values of these keys measure the same configuration; a new one replaces the old.
+RECORD_KEY = ("n_classes", "method", "n_clusters", "epochs", "batch_size", "feature_dtype", "feature_store",
+              "jit_compile", "max_val_queries", "max_test_queries", "synthetic")
+
+
+def record_key(record: dict) -> str:
+    return json.dumps([record.get(key) for key in RECORD_KEY])
+
+
+def load_records(path: Path | None) -> list[dict]:
+    """Return the records saved at ``path`` (none when it does not exist yet)."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["records"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise SystemExit(f"{path} is not a records file of this script ({error}); move it aside or pass another "
+                         "--records path")
+    return records
+
+
+def save_records(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"records": records}, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def merge_record(records: list[dict], record: dict) -> list[dict]:
+    """Return ``records`` with ``record`` in place of any earlier record of the same configuration."""
+    key = record_key(record)
+    kept = [r for r in records if record_key(r) != key]
+    return kept + [record]
+
+
+TARGETS = (
+    # label, requirement, function of (MMS, Single, ISM), passes
+    ("training time MMS / Single", "<= 0.25",
+     lambda m, s, i: m["train_seconds"] / s["train_seconds"], lambda v: v <= 0.25),
+    ("peak memory MMS / Single", "<= 0.50",
+     lambda m, s, i: m["peak_memory_mib"] / s["peak_memory_mib"], lambda v: v <= 0.5),
+    ("top-1 MMS - Single (points)", ">= -0.50",
+     lambda m, s, i: 100 * (m["top1_accuracy"] - s["top1_accuracy"]), lambda v: v >= -0.5),
+    ("top-1 MMS - ISM (points)", ">= 0",
+     lambda m, s, i: 100 * (m["top1_accuracy"] - i["top1_accuracy"]), lambda v: v >= 0),
+    ("queries/s MMS / Single", ">= 0.40",
+     lambda m, s, i: m["queries_per_second"] / s["queries_per_second"], lambda v: v >= 0.4),
+    ("training GFLOP/s MMS / matrix product", ">= 0.50",
+     lambda m, s, i: m["train_gflops"] / m["matmul_gflops"], lambda v: v >= 0.5),
+    ("training GFLOP/s Single / matrix product", ">= 0.50",
+     lambda m, s, i: s["train_gflops"] / s["matmul_gflops"], lambda v: v >= 0.5),
+)
+
+
+def setting_notes(record: dict) -> list[str]:
+    """Return the settings in which ``record`` differs from the grid's defaults, as short labels."""
+    notes = []
+    if record.get("feature_dtype", "float32") != "float32":
+        notes.append(record["feature_dtype"])
+    if record.get("feature_store", "packed") != "packed":
+        notes.append(f"{record['feature_store']} store")
+    if record.get("jit_compile", "auto") != "auto":
+        notes.append("XLA " + ("on" if record["jit_compile"] else "off"))
+    notes += [f"{key} {value}" for key, value in (record.get("synthetic") or {}).items()]
+    return notes
+
+
+def target_lines(records: list[dict]) -> list[str]:
+    """Return a table of the targets for every scale and K where MMS, ISM and Single all ran."""
+    # Only runs with the default settings and every query count toward the targets.
+    good = [r for r in records if "error" not in r and not setting_notes(r)
+            and r.get("max_val_queries") is None and r.get("max_test_queries") is None]
+    find = {(r["method"], r["n_classes"], r["n_clusters"]): r for r in good}
+    rows = []
+    for (method, n_classes, k), mms in sorted(find.items(), key=lambda item: (item[0][1], item[0][2])):
+        single, ism = find.get(("Single", n_classes, 1)), find.get(("ISM", n_classes, k))
+        if method != "MMS" or single is None or ism is None:
+            continue
+        cells = []
+        for _, _, measure, passes in TARGETS:
+            try:
+                value = measure(mms, single, ism)
+            except (KeyError, TypeError, ZeroDivisionError):
+                cells.append("")
+                continue
+            cells.append(f"{value:.3f} {'met' if passes(value) else 'missed'}")
+        rows.append(f"| {n_classes:,} | {k} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    header = " | ".join(f"{label} ({requirement})" for label, requirement, _, _ in TARGETS)
+    return [
+        "### Targets",
+        "",
+        "Ratios from one run of each method on the same data; a scale and K appear where MMS, ISM and Single "
+        "all ran.",
+        "",
+        f"| identities | K | {header} |",
+        "|---|---|" + "---|" * len(TARGETS),
+        *rows,
+        "",
+    ]
+
+
+def report_block(records: list[dict]) -> str:
+    """Return the generated part of the benchmark page: machine, targets, one table per scale, commands."""
+    machines = sorted({r["machine"] for r in records if r.get("machine")})
     lines = [
-        "# Scale benchmark",
+        BEGIN_MARK,
         "",
-        f"Command: `{command}`",
+        "## Results per scale",
         "",
-        f"Machine: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), Python "
-        f"{platform.python_version()}, numpy {np.__version__}, TensorFlow {tf.__version__}, scikit-learn "
-        f"{sklearn.__version__}. Float32 matrix product (numpy, 2048 x 2048): {gflops:.1f} GFLOP/s.",
+        "Machine: " + "; ".join(machines) + ".",
         "",
         "Training GFLOP/s counts the matrix products of forward and backward passes only "
-        "(3 x 2 x dim x classes per sample and submodel). Prediction throughput is test queries per "
-        "second for the method's whole answer (every submodel, plus the similarity search for MMS).",
+        "(3 x 2 x dim x classes per sample and submodel), next to the float32 matrix-product rate "
+        "(numpy, 2048 x 2048) measured at the start of the same invocation. Queries/s is the test "
+        "queries answered per second by the method's whole answer (every submodel, plus the similarity "
+        "search for MMS). NCC is the nearest class center alone, without training.",
         "",
+        *target_lines(records),
     ]
     for n_classes in sorted({r["n_classes"] for r in records}):
         lines += [
-            f"## {n_classes:,} identities",
+            f"### {n_classes:,} identities",
             "",
-            "| method | K | load (s) | train (s) | peak memory (MiB) | queries/s | top-1 | macro F1 "
-            "| max-max top-1 | train GFLOP/s | XLA submodels | RSS after 1st / last submodel (MiB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | K | epochs | load (s) | train (s) | peak memory (MiB) | test queries | queries/s | top-1 "
+            "| macro F1 | max-max top-1 | train GFLOP/s | matmul GFLOP/s | XLA submodels "
+            "| RSS after 1st / last submodel (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in (r for r in records if r["n_classes"] == n_classes):
+        rows = sorted((r for r in records if r["n_classes"] == n_classes),
+                      key=lambda r: (METHODS.index(r["method"]), r["n_clusters"], setting_notes(r)))
+        for r in rows:
             if "error" in r:
-                lines.append(f"| {r['method']} | {r['n_clusters']} | failed: {r['error']} | | | | | | | | | |")
+                lines.append(f"| {r['method']} | {r['n_clusters']} | {r['epochs']} | failed: {r['error']} "
+                             "| | | | | | | | | | | |")
                 continue
             rss = ""
             if r.get("rss_after_first_submodel_mib") is not None:
                 rss = f"{r['rss_after_first_submodel_mib']:,.0f} / {r['rss_after_last_submodel_mib']:,.0f}"
+            queries = r.get("n_test_queries")
+            notes = setting_notes(r)
+            method = f"{r['method']} ({', '.join(notes)})" if notes else r["method"]
             lines.append(
-                f"| {r['method']} | {r['n_clusters']} | {format_cell(r.get('load_seconds'), 1)} "
-                f"| {format_cell(r['train_seconds'], 1)} "
-                f"| {format_cell(r['peak_memory_mib'], 0)} | {format_cell(r['queries_per_second'], 0)} "
+                f"| {method} | {r['n_clusters']} | {r['epochs']} | {format_cell(r.get('load_seconds'), 1)} "
+                f"| {format_cell(r['train_seconds'], 1)} | {format_cell(r['peak_memory_mib'], 0)} "
+                f"| {'' if queries is None else f'{queries:,}'} | {format_cell(r['queries_per_second'], 0)} "
                 f"| {r['top1_accuracy']:.4f} | {r['macro_f1']:.4f} | {format_cell(r.get('maxmax_top1_accuracy'), 4)} "
-                f"| {format_cell(r.get('train_gflops'), 1)} | {r.get('xla_submodels', '')} | {rss} |"
+                f"| {format_cell(r.get('train_gflops'), 1)} | {format_cell(r.get('matmul_gflops'), 1)} "
+                f"| {r.get('xla_submodels', '')} | {rss} |"
             )
         lines.append("")
-    path.write_text("\n".join(lines), encoding="utf-8")
+    commands = list(dict.fromkeys(r["command"] for r in records if r.get("command")))
+    if commands:
+        lines += ["### Commands", "", "Each row above comes from one of these invocations:", "", "```bash",
+                  *commands, "```", ""]
+    lines += ["![training time, peak memory and top-1 accuracy against identities](benchmarks.png)", "", END_MARK]
+    return "\n".join(lines)
+
+
+BEGIN_MARK = "<!-- generated by benchmarks/scale.py --write-doc: begin -->"
+END_MARK = "<!-- generated by benchmarks/scale.py --write-doc: end -->"
+
+
+def write_report(records: list[dict], path: Path) -> None:
+    """Write the generated block into ``path``, keeping any text outside its begin and end marks.
+
+    A new file gets a title and the block; a file without the marks gets the block appended.
+    """
+    block = report_block(records)
+    if not path.is_file():
+        path.write_text(f"# Scale benchmark\n\n{block}\n", encoding="utf-8")
+        return
+    text = path.read_text(encoding="utf-8")
+    if BEGIN_MARK in text and END_MARK in text:
+        before, rest = text.split(BEGIN_MARK, 1)
+        after = rest.split(END_MARK, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
 
 
 def plot(records: list[dict], path: Path) -> None:
@@ -205,7 +359,7 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    good = [r for r in records if "error" not in r]
+    good = [r for r in records if "error" not in r and not setting_notes(r)]
     series = sorted({(r["method"], r["n_clusters"]) for r in good})
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for method, k in series:
@@ -232,15 +386,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="1000,10000,50000,100000", help="comma-separated n_classes values")
     parser.add_argument("--ks", default="4,10,25", help="comma-separated numbers of submodels for ISM and MMS")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs, the same for every method")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs, the same for every method")
     parser.add_argument("--batch-size", type=int, default=512, help="training batch size")
     parser.add_argument("--single-max", type=int, default=50000, help="largest n_classes at which Single runs")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds one configuration may take")
     parser.add_argument("--quick", action="store_true", help="1,000 classes, K=4, 2 epochs: under a minute")
     parser.add_argument("--results-dir", default="results/benchmarks", help="run folders of the benchmark")
-    parser.add_argument("--write-doc", type=Path, help="write the Markdown record here")
+    parser.add_argument("--records", type=Path,
+                        help="JSON file of records: read first, each new record replaces the one of the same "
+                             "configuration, written after every run (for example docs/benchmarks.json)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing; write --write-doc and --plot from the --records file")
+    parser.add_argument("--write-doc", type=Path,
+                        help="write the tables here, between the generated-block marks of an existing page")
     parser.add_argument("--plot", type=Path, help="write the PNG plot here")
-    parser.add_argument("--json", type=Path, help="write all records as JSON here")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods to run")
     parser.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
                         help="XLA for training: auto (large submodels only), true or false")
@@ -250,51 +409,61 @@ def main(argv: list[str] | None = None) -> int:
                         help="packed: memory-mapped store, one part read at a time; files: every .npz in memory")
     parser.add_argument("--features-dir", help="feature folder (default: the config's, features/)")
     parser.add_argument("--dim", type=int, help="feature dimension of the synthetic data (default 512)")
-    parser.add_argument("--merge-json", type=Path, nargs="*", default=[],
-                        help="earlier --json outputs whose records are added to the report and plot")
+    parser.add_argument("--max-val-queries", type=int, help="validation queries drawn at random for MMS thresholds")
+    parser.add_argument("--max-test-queries", type=int, help="test queries drawn at random for evaluation")
     args = parser.parse_args(argv)
 
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))), flush=True)
         return 0
 
+    records = load_records(args.records)
+    if args.report_only:
+        if not records:
+            parser.error("--report-only needs a --records file with records in it")
+    else:
+        records = run_grid(parser, args, records, argv)
+    if args.write_doc:
+        write_report(records, args.write_doc)
+    if args.plot:
+        plot(records, args.plot)
+    failed = [r for r in records if "error" in r]
+    return 1 if failed and args.quick else 0
+
+
+def run_grid(parser: argparse.ArgumentParser, args: argparse.Namespace, records: list[dict],
+             argv: list[str] | None) -> list[dict]:
+    """Run every configuration of the grid the arguments describe; return ``records`` updated."""
     if args.quick:
         args.sizes, args.ks, args.epochs = "1000", "4", 2
     sizes = [int(value) for value in args.sizes.split(",")]
     ks = [int(value) for value in args.ks.split(",")]
-    gflops = matmul_gflops()
-    print(f"float32 matrix product: {gflops:.1f} GFLOP/s", flush=True)
-
     methods = [value for value in args.methods.split(",") if value]
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         parser.error(f"invalid --methods {unknown}: expected names from {list(METHODS)}")
+    gflops = matmul_gflops()
+    print(f"float32 matrix product: {gflops:.1f} GFLOP/s", flush=True)
     settings = {
         "jit_compile": {"auto": "auto", "true": True, "false": False}[args.jit_compile],
         "feature_dtype": args.feature_dtype,
         "feature_store": args.feature_store,
         "features_dir": args.features_dir,
         "synthetic": {"dim": args.dim} if args.dim else None,
+        "max_val_queries": args.max_val_queries,
+        "max_test_queries": args.max_test_queries,
     }
     grid = configurations(sizes, ks, args.epochs, args.batch_size, args.results_dir, args.single_max, methods,
                           **settings)
-    records = []
-    for path in args.merge_json:
-        records += json.loads(path.read_text(encoding="utf-8"))["records"]
-    for spec in grid:
-        record = run_in_subprocess(spec, args.timeout)
-        records.append(record)
-        print(json.dumps(record), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps({"matmul_gflops": gflops, "records": records}, indent=1), encoding="utf-8")
-
     command = "python3 benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.write_doc:
-        write_report(records, gflops, command, args.write_doc)
-    if args.plot:
-        plot(records, args.plot)
-    failed = [r for r in records if "error" in r]
-    return 1 if failed and args.quick else 0
+    context = {"matmul_gflops": gflops, "command": command, "machine": machine_description()}
+    for spec in grid:
+        record = {**run_in_subprocess(spec, args.timeout), **context}
+        records = merge_record(records, record)
+        print(json.dumps(record), flush=True)
+        if args.records:
+            save_records(args.records, records)
+    return records
 
 
 if __name__ == "__main__":

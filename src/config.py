@@ -137,6 +137,8 @@ class Config:
     feature_store: str = "packed"
     feature_dtype: str = "float32"
     jit_compile: str | bool = "auto"
+    max_val_queries: int | None = None
+    max_test_queries: int | None = None
     datasets: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_DATASETS))
     synthetic: dict = field(default_factory=lambda: dict(SYNTHETIC_DEFAULTS))
     preparation: dict = field(default_factory=lambda: copy.deepcopy(PREPARATION_DEFAULTS))
@@ -261,6 +263,10 @@ def validate(config: Config) -> Config:
         _fail("feature_dtype", config.feature_dtype, f"expected one of {list(FEATURE_DTYPES)}")
     if not isinstance(config.jit_compile, bool) and config.jit_compile != "auto":
         _fail("jit_compile", config.jit_compile, "expected \"auto\", true or false")
+    for key in ("max_val_queries", "max_test_queries"):
+        value = getattr(config, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            _fail(key, value, "expected null (every query of the split) or an integer >= 1")
 
     for name, entry in config.datasets.items():
         if not isinstance(entry, dict):

@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import Config, ConfigError
 from .feature_io import SPLITS, list_identities, load_identity_split
-from .feature_store import PackedSplit, ensure_packed, load_centers
+from .feature_store import PackedSplit, open_packed
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,24 @@ def prepare_data(config: Config) -> PreparedData:
         data.n_classes, len(data.y_train), len(data.y_val), len(data.y_test), data.dim, config.feature_dtype,
         config.feature_store, features_dir, time.perf_counter() - started,
     )
+    for split, limit in (("val", config.max_val_queries), ("test", config.max_test_queries)):
+        if limit is not None and limit < len(getattr(data, f"y_{split}")):
+            _sample_queries(data, split, limit, config.seed)
     return data
+
+
+def _sample_queries(data: PreparedData, split: str, limit: int, seed: int) -> None:
+    """Keep ``limit`` rows of the val or test split, drawn at random with ``seed``, in row order.
+
+    Scoring costs n_queries x n_classes, so at hundreds of thousands of identities a random
+    subset keeps threshold fitting and evaluation affordable. Top-1 accuracy stays an unbiased
+    estimate; macro scores average over the classes the subset contains.
+    """
+    x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+    rows = np.sort(np.random.default_rng([seed, SPLITS.index(split)]).choice(len(y), size=limit, replace=False))
+    setattr(data, f"x_{split}", np.asarray(x[rows]))
+    setattr(data, f"y_{split}", y[rows])
+    logger.info("using %d of %d %s queries, drawn at random (max_%s_queries)", limit, len(y), split, split)
 
 
 def _load_files(features_dir: Path, identities: list[str], dtype: str) -> PreparedData:
@@ -159,15 +176,14 @@ def _load_files(features_dir: Path, identities: list[str], dtype: str) -> Prepar
 
 def _load_packed(features_dir: Path, identities: list[str], dtype: str) -> PreparedData:
     """Map the packed store of ``identities``, packing the feature files first when needed."""
-    folder = ensure_packed(features_dir, identities, dtype)
-    splits = {split: PackedSplit(folder, split, len(identities)) for split in SPLITS}
+    splits, centers = open_packed(features_dir, identities, dtype)
     return PreparedData(
         identities=identities,
         x_train=splits["train"].open(), y_train=splits["train"].labels(),
         x_val=splits["val"].open(), y_val=splits["val"].labels(),
         x_test=splits["test"].open(), y_test=splits["test"].labels(),
         train_store=splits["train"],
-        centers=load_centers(folder, len(identities)),
+        centers=centers,
     )
 
 

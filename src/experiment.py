@@ -163,6 +163,7 @@ def _run_in_folder(config: Config, data: PreparedData, run_dir: Path) -> RunResu
         "train_seconds": train_seconds,
         "predict_seconds": predict_seconds,
         "peak_memory_mib": result.peak_memory_mib,
+        "n_val_queries": int(len(data.y_val)),
         "n_test_queries": int(len(data.y_test)),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n", encoding="utf-8")

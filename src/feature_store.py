@@ -88,20 +88,43 @@ def ensure_packed(features_dir: str | os.PathLike, identities: list[str], dtype:
     older feature files is rebuilt. Each dtype has its own folder. Raises FeatureFileError for a
     missing or invalid feature file, naming it.
     """
+    folder = store_dir(features_dir, _checked_dtype(dtype))
+    with _locked(folder):
+        _ensure_locked(Path(features_dir), folder, identities, dtype)
+    return folder
+
+
+def open_packed(features_dir: str | os.PathLike, identities: list[str],
+                dtype: str = "float32") -> tuple[dict[str, "PackedSplit"], np.ndarray]:
+    """Pack ``identities`` when needed, then return each split's reader and the class centers.
+
+    Packing and reading the index happen under one lock, so a process that opens the store while
+    another one extends it waits for the extension instead of finding the index missing. Rows
+    already packed never move, so readers keep working while a later process appends.
+    """
+    folder = store_dir(features_dir, _checked_dtype(dtype))
+    with _locked(folder):
+        _ensure_locked(Path(features_dir), folder, identities, dtype)
+        splits = {split: PackedSplit(folder, split, len(identities)) for split in SPLITS}
+        centers = load_centers(folder, len(identities))
+    return splits, centers
+
+
+def _checked_dtype(dtype: str) -> str:
     if dtype not in STORE_DTYPES:
         raise ValueError(f"invalid store dtype {dtype!r}: expected one of {list(STORE_DTYPES)}")
-    features_dir = Path(features_dir)
-    folder = store_dir(features_dir, dtype)
-    with _locked(folder):
-        mtimes = _split_mtimes(features_dir)
-        index = _read_index(folder)
-        kept = _reusable_count(index, identities, dtype, mtimes)
-        if kept >= len(identities):
-            return folder
-        if kept == 0:
-            index = {"version": FORMAT_VERSION, "dtype": dtype, "dim": None, "identities": [], "split_mtimes": mtimes}
-        _append(features_dir, folder, index, identities[kept:], dtype, fresh=kept == 0)
-    return folder
+    return dtype
+
+
+def _ensure_locked(features_dir: Path, folder: Path, identities: list[str], dtype: str) -> None:
+    mtimes = _split_mtimes(features_dir)
+    index = _read_index(folder)
+    kept = _reusable_count(index, identities, dtype, mtimes)
+    if kept >= len(identities):
+        return
+    if kept == 0:
+        index = {"version": FORMAT_VERSION, "dtype": dtype, "dim": None, "identities": [], "split_mtimes": mtimes}
+    _append(features_dir, folder, index, identities[kept:], dtype, fresh=kept == 0)
 
 
 def _append(features_dir: Path, folder: Path, index: dict, new_identities: list[str], dtype: str, fresh: bool) -> None:

@@ -53,6 +53,8 @@ def test_single_uses_one_submodel():
         ({"results_dir": None}, ["results_dir=None", "non-empty string"]),
         ({"seed": 2**32}, ["seed=4294967296", "32-bit"]),
         ({"n_classes": 500000}, ["n_classes=500000", "at most 400000"]),
+        ({"max_test_queries": 0}, ["max_test_queries=0", "null", ">= 1"]),
+        ({"max_val_queries": 2.5}, ["max_val_queries=2.5", "null"]),
     ],
 )
 def test_invalid_value_names_key_and_fix(values, words):

@@ -23,6 +23,27 @@ def test_prepare_data_first_identities_in_order(tmp_path):
     np.testing.assert_allclose(data.class_centers[2], data.x_train[data.y_train == 2].mean(axis=0), atol=1e-6)
 
 
+@pytest.mark.parametrize("store", ["packed", "files"])
+def test_query_limits_draw_seeded_subsets(tmp_path, store):
+    full = prepare_data(toy_config(tmp_path, n_classes=5, feature_store=store))
+    limited = prepare_data(toy_config(tmp_path, n_classes=5, feature_store=store, max_val_queries=4,
+                                      max_test_queries=6))
+    assert len(limited.y_val) == 4
+    assert len(limited.y_test) == 6
+    assert len(limited.y_train) == len(full.y_train)
+    # Each kept query is one of the split's rows, with its own label, in row order.
+    rows = [int(np.flatnonzero((full.x_test == row).all(axis=1))[0]) for row in limited.x_test]
+    assert rows == sorted(rows)
+    assert len(set(rows)) == 6
+    np.testing.assert_array_equal(full.y_test[rows], limited.y_test)
+    again = prepare_data(toy_config(tmp_path, n_classes=5, feature_store=store, max_test_queries=6))
+    np.testing.assert_array_equal(again.x_test, limited.x_test)
+    other = prepare_data(toy_config(tmp_path, n_classes=5, feature_store=store, max_test_queries=6, seed=1))
+    assert not np.array_equal(other.x_test, limited.x_test)
+    # A limit at or above the split's size keeps every query.
+    assert len(prepare_data(toy_config(tmp_path, n_classes=5, max_test_queries=15)).y_test) == 15
+
+
 def test_class_centers_need_every_class():
     with pytest.raises(ValueError, match=r"classes \[1\] have no training samples"):
         compute_class_centers(np.ones((2, 3), np.float32), np.array([0, 2]), 3)

@@ -1,6 +1,7 @@
 """Packed feature store, per-part training rows, float16 storage and XLA selection."""
 
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from src.config import ConfigError
 from src.data_utility import cluster_data, compute_class_centers, prepare_data
 from src.feature_io import save_features
-from src.feature_store import PackedSplit, ensure_packed, store_dir
+from src.feature_store import PackedSplit, _locked, ensure_packed, open_packed, store_dir
 from src.post_process import SubmodelBank, compute_scores
 
 from conftest import toy_config
@@ -58,6 +59,28 @@ def test_training_rows_read_one_part(tmp_path):
         np.testing.assert_array_equal(x, x_files)
         np.testing.assert_array_equal(y, y_files)
         np.testing.assert_array_equal(np.bincount(y), [8] * len(part))
+
+
+def test_open_waits_while_another_process_extends(tmp_path):
+    features_dir = tmp_path / "features" / "toy"
+    toy_config(tmp_path)
+    identities = [f"id_{i:04d}" for i in range(12)]
+    folder = ensure_packed(features_dir, identities[:5])
+    index = (folder / "index.json").read_text()
+    opened = []
+    # An extending writer holds the lock and has removed the index until its rows are written.
+    with _locked(folder):
+        (folder / "index.json").unlink()
+        reader = threading.Thread(target=lambda: opened.append(open_packed(features_dir, identities[:5])))
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive()
+        assert not opened
+        (folder / "index.json").write_text(index)
+    reader.join(timeout=30)
+    splits, centers = opened[0]
+    assert splits["train"].n_classes == 5
+    assert centers.shape == (5, 16)
 
 
 def test_class_rows_in_class_order(tmp_path):
