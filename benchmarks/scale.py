@@ -283,8 +283,8 @@ def report_block(records: list[dict]) -> str:
         "Machine: " + "; ".join(machines) + ".",
         "",
         "Training GFLOP/s counts the matrix products of forward and backward passes only "
-        "(3 x 2 x dim x classes per sample and submodel), next to the float32 matrix-product rate "
-        "(numpy, 2048 x 2048) measured at the start of the same invocation. Queries/s is the test "
+        "(3 x 2 x dim x classes per sample and submodel). The matmul column is the float32 "
+        "matrix-product rate (numpy, 2048 x 2048) measured at the start of the same invocation. Queries/s is the test "
         "queries answered per second by the method's whole answer (every submodel, plus the similarity "
         "search for MMS). NCC is the nearest class center alone, without training.",
         "",

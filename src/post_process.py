@@ -27,12 +27,14 @@ import numpy as np
 
 from .data_utility import l2_normalize
 
-# Query block size is chosen so that the largest product of one block (the block's queries
-# against one submodel's weights, or against all class centers) holds about this many float32
-# values (256 MiB). Each product streams its whole matrix from memory, so small blocks are
-# memory-bound. Against 360,000 centers on 2 cores, blocks of 23 queries ran at 32 GFLOP/s and
-# blocks of 184 at 91 GFLOP/s (benchmarks/scoring_blocks.py, while another job used the CPU).
-_BLOCK_ELEMENTS = 1 << 26
+# Query block size is chosen so that one block of scores (every submodel's classes plus every
+# class center) holds about this many float32 values...
+_BLOCK_ELEMENTS = 1 << 24
+# ...but a block has at least this many queries, because each product streams its whole matrix
+# from memory and few queries per block leave it memory-bound. Against 360,000 centers on 2
+# idle cores, blocks of 23 queries ran at 61 GFLOP/s and blocks of 184 at 164 GFLOP/s
+# (benchmarks/scoring_blocks.py). One product then holds up to 256 x (its rows) values.
+_MIN_BLOCK_QUERIES = 256
 # Fraction of the wrong max-max answers on the validation split allowed above the confidence
 # threshold.
 WRONG_ABOVE_THRESHOLD = 0.01
@@ -150,8 +152,8 @@ def compute_scores(bank: SubmodelBank, class_centers: np.ndarray | None, queries
     index = CenterIndex(class_centers, distance) if class_centers is not None else None
     n_queries, n_parts = len(queries), len(bank.parts)
     if block_size is None:
-        rows = max([len(part) for part in bank.parts] + ([len(index.centers)] if index is not None else []))
-        block_size = max(1, _BLOCK_ELEMENTS // rows)
+        columns = bank.n_classes + (len(index.centers) if index is not None else 0)
+        block_size = max(_MIN_BLOCK_QUERIES, _BLOCK_ELEMENTS // columns)
 
     part_scores = np.empty((n_queries, n_parts), dtype=np.float32)
     part_classes = np.empty((n_queries, n_parts), dtype=np.int64)
@@ -195,7 +197,7 @@ def nearest_centers(class_centers: np.ndarray, queries: np.ndarray, distance: st
     """Return the class of the nearest class center for each query, in bounded query blocks."""
     index = CenterIndex(class_centers, distance)
     if block_size is None:
-        block_size = max(1, _BLOCK_ELEMENTS // max(len(index.centers), 1))
+        block_size = max(_MIN_BLOCK_QUERIES, _BLOCK_ELEMENTS // max(len(index.centers), 1))
     classes = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), block_size):
         block = slice(start, start + block_size)
