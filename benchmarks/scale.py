@@ -359,17 +359,24 @@ def plot(records: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    good = [r for r in records if "error" not in r and not setting_notes(r)]
-    series = sorted({(r["method"], r["n_clusters"]) for r in good})
+    good = [r for r in records if "error" not in r]
+
+    def series_label(record: dict) -> str:
+        label = record["method"] if record["method"] in ("NCC", "Single") else f"{record['method']} K={record['n_clusters']}"
+        notes = setting_notes(record)
+        return f"{label} ({', '.join(notes)})" if notes else label
+
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for method, k in series:
-        rows = sorted((r for r in good if r["method"] == method and r["n_clusters"] == k), key=lambda r: r["n_classes"])
-        label = method if method in ("NCC", "Single") else f"{method} K={k}"
+    for index, label in enumerate(sorted({series_label(r) for r in good})):
+        rows = sorted((r for r in good if series_label(r) == label), key=lambda r: r["n_classes"])
+        method = rows[0]["method"]
+        # One color per series in all three panels, though NCC has no training time to plot.
+        style = {"marker": "o", "label": label, "color": f"C{index % 10}"}
         x = [r["n_classes"] for r in rows]
         if method != "NCC":
-            axes[0].plot(x, [r["train_seconds"] for r in rows], marker="o", label=label)
-        axes[1].plot(x, [r["peak_memory_mib"] for r in rows], marker="o", label=label)
-        axes[2].plot(x, [r["top1_accuracy"] for r in rows], marker="o", label=label)
+            axes[0].plot(x, [r["train_seconds"] for r in rows], **style)
+        axes[1].plot(x, [r["peak_memory_mib"] for r in rows], **style)
+        axes[2].plot(x, [r["top1_accuracy"] for r in rows], **style)
     for axis, title in zip(axes, ("training time (s)", "peak memory (MiB)", "top-1 accuracy")):
         axis.set_xscale("log")
         axis.set_xlabel("identities")
