@@ -200,8 +200,8 @@ def save_records(path: Path, records: list[dict]) -> None:
 def merge_record(records: list[dict], record: dict) -> list[dict]:
     """Return ``records`` with ``record`` in place of any earlier record of the same configuration."""
     key = record_key(record)
-    kept = [r for r in records if record_key(r) != key]
-    return kept + [record]
+    others = [r for r in records if record_key(r) != key]
+    return others + [record]
 
 
 TARGETS = (
@@ -236,15 +236,22 @@ def setting_notes(record: dict) -> list[str]:
     return notes
 
 
+def with_setting_notes(name: str, record: dict) -> str:
+    """Return ``name`` followed by the record's non-default settings in brackets, if it has any."""
+    notes = setting_notes(record)
+    return f"{name} ({', '.join(notes)})" if notes else name
+
+
 def target_lines(records: list[dict]) -> list[str]:
     """Return a table of the targets for every scale and K where MMS, ISM and Single all ran."""
     # Only runs with the default settings and every query count toward the targets.
     good = [r for r in records if "error" not in r and not setting_notes(r)
             and r.get("max_val_queries") is None and r.get("max_test_queries") is None]
-    find = {(r["method"], r["n_classes"], r["n_clusters"]): r for r in good}
+    by_configuration = {(r["method"], r["n_classes"], r["n_clusters"]): r for r in good}
     rows = []
-    for (method, n_classes, k), mms in sorted(find.items(), key=lambda item: (item[0][1], item[0][2])):
-        single, ism = find.get(("Single", n_classes, 1)), find.get(("ISM", n_classes, k))
+    for (method, n_classes, k), mms in sorted(by_configuration.items(), key=lambda item: (item[0][1], item[0][2])):
+        single = by_configuration.get(("Single", n_classes, 1))
+        ism = by_configuration.get(("ISM", n_classes, k))
         if method != "MMS" or single is None or ism is None:
             continue
         cells = []
@@ -310,8 +317,7 @@ def report_block(records: list[dict]) -> str:
             if r.get("rss_after_first_submodel_mib") is not None:
                 rss = f"{r['rss_after_first_submodel_mib']:,.0f} / {r['rss_after_last_submodel_mib']:,.0f}"
             queries = r.get("n_test_queries")
-            notes = setting_notes(r)
-            method = f"{r['method']} ({', '.join(notes)})" if notes else r["method"]
+            method = with_setting_notes(r["method"], r)
             lines.append(
                 f"| {method} | {r['n_clusters']} | {r['epochs']} | {format_cell(r.get('load_seconds'), 1)} "
                 f"| {format_cell(r['train_seconds'], 1)} | {format_cell(r['peak_memory_mib'], 0)} "
@@ -362,9 +368,9 @@ def plot(records: list[dict], path: Path) -> None:
     good = [r for r in records if "error" not in r]
 
     def series_label(record: dict) -> str:
-        label = record["method"] if record["method"] in ("NCC", "Single") else f"{record['method']} K={record['n_clusters']}"
-        notes = setting_notes(record)
-        return f"{label} ({', '.join(notes)})" if notes else label
+        method = record["method"]
+        return with_setting_notes(method if method in ("NCC", "Single") else f"{method} K={record['n_clusters']}",
+                                  record)
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for index, label in enumerate(sorted({series_label(r) for r in good})):

@@ -35,6 +35,11 @@ _BLOCK_ELEMENTS = 1 << 24
 # idle cores, blocks of 23 queries ran at 61 GFLOP/s and blocks of 184 at 164 GFLOP/s
 # (benchmarks/scoring_blocks.py). One product then holds up to 256 x (its rows) values.
 _MIN_BLOCK_QUERIES = 256
+
+
+def _queries_per_block(columns: int) -> int:
+    """Return the default number of queries scored at once against ``columns`` scores per query."""
+    return max(_MIN_BLOCK_QUERIES, _BLOCK_ELEMENTS // max(columns, 1))
 # Fraction of the wrong max-max answers on the validation split allowed above the confidence
 # threshold.
 WRONG_ABOVE_THRESHOLD = 0.01
@@ -153,7 +158,7 @@ def compute_scores(bank: SubmodelBank, class_centers: np.ndarray | None, queries
     n_queries, n_parts = len(queries), len(bank.parts)
     if block_size is None:
         columns = bank.n_classes + (len(index.centers) if index is not None else 0)
-        block_size = max(_MIN_BLOCK_QUERIES, _BLOCK_ELEMENTS // columns)
+        block_size = _queries_per_block(columns)
 
     part_scores = np.empty((n_queries, n_parts), dtype=np.float32)
     part_classes = np.empty((n_queries, n_parts), dtype=np.int64)
@@ -197,7 +202,7 @@ def nearest_centers(class_centers: np.ndarray, queries: np.ndarray, distance: st
     """Return the class of the nearest class center for each query, in bounded query blocks."""
     index = CenterIndex(class_centers, distance)
     if block_size is None:
-        block_size = max(_MIN_BLOCK_QUERIES, _BLOCK_ELEMENTS // max(len(index.centers), 1))
+        block_size = _queries_per_block(len(index.centers))
     classes = np.empty(len(queries), dtype=np.int64)
     for start in range(0, len(queries), block_size):
         block = slice(start, start + block_size)
